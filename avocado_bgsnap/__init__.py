@@ -1,0 +1,1 @@
+"""avocado-bgsnap: Avocado-VT plugin and test provider for QEMU background snapshots."""

@@ -1,0 +1,208 @@
+"""One snapshot -> restore -> verify cycle, step by step, on typed inputs.
+
+Test modules call the steps in order (see ``tests/bgsnap_basic.py``); each
+step records its figures into one :class:`metrics.Metrics`.  The cycle owns
+every session, file and second QEMU it creates and releases them in
+:meth:`cleanup` (restored VMs already on leaving their ``with`` block).
+"""
+
+import contextlib
+import dataclasses
+import struct
+import time
+from pathlib import Path
+from typing import Callable
+
+from . import snapshot, verifier
+from .metrics import Metrics
+from .qmp import SnapshotQMP
+from .settings import BgsnapSettings
+from .workload import WINDOW_AFTER, WINDOW_BEFORE, WINDOW_DURING, GuestWorkload
+from .wlproto import VerifyResult
+
+SNAPSHOT_NAME = "bgsnap-snapshot.bin"
+DUMP_NAME = "bgsnap-restored-ram.elf"
+LOGIN_TIMEOUT = 120
+
+
+class CycleError(Exception):
+    """A step of the cycle could not be carried out (not a verdict)."""
+
+
+class SnapshotCycle:
+    def __init__(self, vm, cfg: BgsnapSettings, record: Metrics, workdir: Path,
+                 wl_binary: Path, log: Callable[[str], None]):
+        self.vm = vm
+        self.cfg = cfg
+        self.record = record
+        self.log = log
+        self.wl_binary = wl_binary
+        self.snapshot_dir = cfg.snapshot_dir or workdir
+        self.snapshot_path = self.snapshot_dir / SNAPSHOT_NAME
+        self.dump_path = self.snapshot_dir / DUMP_NAME
+        self.session = None
+        self.workload: GuestWorkload | None = None
+        self.steps_before: list[int] = []
+        self.steps_after_resume: list[int] = []
+        self.steps_completed: list[int] = []
+        self.host_verify: VerifyResult | None = None
+        self.guest_verify: VerifyResult | None = None
+        self.source_verify: VerifyResult | None = None
+        self.damaged_offset: int | None = None
+        spec = cfg.workload
+        record.update({"guest_mem_mib": cfg.guest_mem_mib, "workload_mib": spec.mib,
+                       "workload": dataclasses.asdict(spec), "expect": cfg.expect})
+
+    # -- 2 ------------------------------------------------------------------
+    def boot_and_fill(self, boot_started: float) -> None:
+        """Log into the booted guest, start the workload, wait for the fill."""
+        self.session = self.vm.wait_for_serial_login(timeout=LOGIN_TIMEOUT)
+        self.record.set("boot_s", round(time.monotonic() - boot_started, 3))
+        self.log("guest shell after %.1fs" % self.record.get("boot_s"))
+        self.workload = GuestWorkload(self.session, self.cfg.workload, self.log)
+        self.record.start("fill")
+        self.workload.start()
+        status = self.workload.wait_running(self.cfg.fill_timeout_s)
+        self.record.stop("fill")
+        self.record.set("fill_mib_s", status.get("fill_mib_s"))
+        self.log("workload running: %s" % status)
+
+    # -- 3 ------------------------------------------------------------------
+    def snapshot(self) -> snapshot.SnapshotResult:
+        qmp = SnapshotQMP(self.vm.monitor, self.log)
+        self.steps_before = self.workload.committed()
+        self.workload.mark(WINDOW_DURING)
+
+        def after_resume():
+            self.steps_after_resume = self.workload.committed()
+
+        self.log("background snapshot -> %s" % self.snapshot_path)
+        result = snapshot.take_background_snapshot(
+            qmp, self.snapshot_path, self.cfg.snapshot_timeout_s, self.log,
+            on_resume=after_resume)
+        self.steps_completed = self.workload.committed()
+        self.workload.mark(WINDOW_AFTER)
+        self.record.update({
+            "pause_ms": result.pause_ms,
+            "pause_windows": [[w.stop_s, w.resume_s] for w in result.pause_windows],
+            "downtime_ms": result.downtime_ms,
+            "setup_ms": result.setup_ms,
+            "snapshot_total_s": round(result.total_s, 3),
+            "snapshot_bytes": result.snapshot_bytes,
+            "ram_transferred_bytes": result.ram_transferred_bytes,
+            "ram_total_bytes": result.ram_total_bytes,
+            "steps_before_trigger": self.steps_before,
+            "steps_after_resume": self.steps_after_resume,
+            "steps_at_completed": self.steps_completed,
+        })
+        self.log("snapshot done: pause %s ms (QEMU downtime %s ms), %.1f MiB in %.1fs"
+                 % (_fmt(result.pause_ms), result.downtime_ms,
+                    result.snapshot_bytes / 2**20, result.total_s))
+        return result
+
+    # -- 4 ------------------------------------------------------------------
+    def check_source(self) -> None:
+        """The guest ran during the save, and its memory is intact after it."""
+        advanced = sum(self.steps_completed) - sum(self.steps_before)
+        self.record.set("steps_during_save", advanced)
+        status = self.workload.status()
+        self.record.set("latency_windows", status.get("windows"))
+        self.workload.freeze()
+        self.source_verify = self.workload.verify(self.cfg.verify_timeout_s)
+        self.workload.thaw()
+        self.record.set("source_verify", self.source_verify.summary())
+
+    # -- 5 ------------------------------------------------------------------
+    def damage_snapshot(self) -> None:
+        """Negative control: flip one byte inside a workload page's body."""
+        needle = struct.pack("<QQ", verifier.PAGE_MAGIC, self.cfg.workload.nonce ^ 0)
+        self.damaged_offset = snapshot.damage_guest_page(self.snapshot_path, needle)
+        self.record.set("damaged_file_offset", self.damaged_offset)
+        self.log("negative control: flipped the byte at offset %d of %s"
+                 % (self.damaged_offset, self.snapshot_path.name))
+
+    # -- 6, 7 ----------------------------------------------------------------
+    def restore_and_verify(self) -> None:
+        self.record.start("restore")
+        with snapshot.restored_vm(self.vm, self.snapshot_path,
+                                  self.cfg.restore_timeout_s, self.log) as (clone, qmp, _):
+            self.record.stop("restore")
+            self.record.start("dump")
+            qmp.dump_guest_memory(str(self.dump_path), timeout=self.cfg.verify_timeout_s)
+            self.record.stop("dump")
+            self.record.start("host_verify")
+            self.host_verify = verifier.verify_dump(self.wl_binary, self.dump_path,
+                                                    self.cfg.workload, self.cfg.verify_timeout_s)
+            self.record.stop("host_verify")
+            self.record.set("host_verify", self.host_verify.summary())
+            self.record.set("restored_steps", self.host_verify.committed)
+            self.log("restored RAM (host check): %s" % self.host_verify.summary())
+            with contextlib.suppress(FileNotFoundError):
+                self.dump_path.unlink()
+            qmp.cont()
+            self.guest_verify = self._verify_in_guest(clone)
+            self.record.set("guest_verify", self.guest_verify.summary())
+            self.log("restored guest (self check): %s" % self.guest_verify.summary())
+
+    def _verify_in_guest(self, clone) -> VerifyResult:
+        session = clone.wait_for_serial_login(timeout=LOGIN_TIMEOUT)
+        try:
+            workload = GuestWorkload(session, self.cfg.workload, self.log)
+            workload.freeze()
+            return workload.verify(self.cfg.verify_timeout_s)
+        finally:
+            session.close()
+
+    # -- 8 ------------------------------------------------------------------
+    def point_in_time_error(self) -> str | None:
+        """The restored steps must lie in [before trigger, right after RESUME]."""
+        restored = self.host_verify.committed
+        for w, (lo, got, hi) in enumerate(zip(self.steps_before, restored,
+                                              self.steps_after_resume)):
+            if not lo <= got <= hi:
+                return (f"writer {w}: restored step {got} outside [{lo}, {hi}] "
+                        f"(steps before trigger / right after RESUME): not the START state")
+        return None
+
+    def verdict(self) -> str | None:
+        """None when the test passes, else the failure message."""
+        expect_damage = self.cfg.expect == "damage-caught"
+        errors = []
+        if self.record.get("steps_during_save", 0) <= 0:
+            errors.append("the source guest made no progress during the save")
+        if not self.source_verify.clean:
+            errors.append("source guest damaged after the snapshot: "
+                          + self.source_verify.summary())
+        if expect_damage:
+            if self.host_verify.clean:
+                errors.append("negative control: the damaged snapshot passed verification")
+        else:
+            if not self.host_verify.clean:
+                errors.append("restored RAM differs from the snapshot-time state: "
+                              + self.host_verify.summary())
+            else:
+                pit = self.point_in_time_error()
+                if pit:
+                    errors.append(pit)
+            if not self.guest_verify.clean:
+                errors.append("restored guest self-check failed: " + self.guest_verify.summary())
+        pause = self.record.get("pause_ms")
+        if self.cfg.max_pause_ms and (pause is None or pause > self.cfg.max_pause_ms):
+            errors.append(f"pause {_fmt(pause)} ms exceeds max_pause_ms = {self.cfg.max_pause_ms}")
+        self.record.set("verdict", "; ".join(errors) or "pass")
+        return "; ".join(errors) or None
+
+    def cleanup(self) -> None:
+        if self.session is not None:
+            self.session.close()
+        paths = [self.dump_path, self.dump_path.with_name(self.dump_path.name + ".partial"),
+                 self.snapshot_path.with_name(self.snapshot_path.name + ".partial")]
+        if not self.cfg.keep_snapshot:
+            paths.append(self.snapshot_path)
+        for path in paths:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+
+
+def _fmt(value) -> str:
+    return "n/a" if value is None else f"{value:.2f}"

@@ -1,0 +1,32 @@
+/* bgsnap-wl: parsed command line and the subcommand entry points. */
+#ifndef WL_CLI_H
+#define WL_CLI_H
+
+#include "wl_core.h"
+
+#define WL_DEFAULT_SOCKET "/run/bgsnap-wl.sock"
+#define WL_IF_NONE (-1)
+
+struct wl_opts {
+    struct wl_params P;      /* npages = mib * 256 */
+    uint64_t mib;
+    int have_mib, have_seed, have_nonce, have_writers, have_pattern, have_hot;
+    double rate_mib_s;       /* 0 = unlimited */
+    int latency;             /* 0 with --no-latency */
+    const char *socket, *dump, *out;
+    uint64_t steps[WL_MAX_WRITERS];
+    unsigned nsteps;
+    uint64_t shuffle, garbage;
+    int have_shuffle;
+    int inflight[WL_MAX_WRITERS]; /* WL_IF_NONE or WL_IF_OLD/NEW/TORN */
+    double seconds;          /* selfcheck writer benchmark */
+    const char *cmd, *arg;   /* ctl */
+};
+
+int wl_cmd_run(const struct wl_opts *o);
+int wl_cmd_ctl(const struct wl_opts *o);
+int wl_cmd_selfcheck(const struct wl_opts *o);
+int wl_cmd_verify_dump(const struct wl_opts *o);
+int wl_cmd_gen(const struct wl_opts *o);
+
+#endif

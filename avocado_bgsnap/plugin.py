@@ -1,0 +1,73 @@
+"""The avocado plugins of the suite (entry points in setup.py).
+
+* ``bgsnap-settings`` (avocado.plugins.settings): plugin_settings.py.
+* ``bgsnap`` (avocado.plugins.init): registers the ``[bgsnap]`` settings.
+* ``bgsnap`` (avocado.plugins.cli.cmd): the ``avocado bgsnap`` command.
+
+Plugins only bind settings and dispatch; the work is in commands.py.
+"""
+
+from avocado.core.plugin_interfaces import CLICmd, Init
+from avocado.core.settings import settings
+
+SECTION = "bgsnap"
+OPTIONS = (
+    # key, type, default, help, long option
+    ("qemu_binary", str, None, "QEMU binary to check and use (default: qemu-system-x86_64 "
+     "on PATH)", "--qemu-binary"),
+    ("accel", str, "auto", "Accelerator: auto (KVM if a short boot probe reaches the guest "
+     "shell, else TCG), kvm or tcg", "--accel"),
+    ("kvm_probe_timeout", float, 20.0, "Seconds the KVM boot probe may take",
+     "--kvm-probe-timeout"),
+    ("kernel", str, None, "Use this kernel (bzImage) for the embedded guest instead of "
+     "Debian's cloud kernel", "--kernel"),
+    ("json", bool, False, "Print host-check facts as JSON", "--json"),
+    ("job", str, None, "A job results directory (default: the latest job)", "--job"),
+)
+SUBCOMMANDS = {
+    "host-check": ("Check QEMU, userfaultfd write-protect and the accelerator",
+                   ("qemu_binary", "accel", "kvm_probe_timeout", "json")),
+    "build-guest": ("Build (or reuse) the embedded guest: kernel + busybox initramfs",
+                    ("kernel",)),
+    "setup": ("Build the guest and configure Avocado-VT offline for the suite",
+              ("qemu_binary", "kernel")),
+    "summary": ("Print each test's figures of a job (default: the latest job)",
+                ("job",)),
+}
+
+
+class BgsnapInit(Init):
+    name = "bgsnap"
+    description = "avocado-bgsnap settings"
+
+    def initialize(self):
+        for key, key_type, default, help_msg, _ in OPTIONS:
+            settings.register_option(SECTION, key=key, key_type=key_type,
+                                     default=default, help_msg=help_msg)
+
+
+class Bgsnap(CLICmd):
+    name = "bgsnap"
+    description = "QEMU background-snapshot suite: host check, guest build, setup"
+
+    def configure(self, parser):
+        parser = super().configure(parser)
+        subcommands = parser.add_subparsers(dest="bgsnap_subcommand", metavar="sub-command")
+        options = {key: (key_type, help_msg, long_arg)
+                   for key, key_type, _, help_msg, long_arg in OPTIONS}
+        for name, (help_msg, keys) in SUBCOMMANDS.items():
+            sub = subcommands.add_parser(name, help=help_msg)
+            for key in keys:
+                key_type, opt_help, long_arg = options[key]
+                # avocado binds one parser per registered option, but several
+                # sub-commands share these: plain arguments whose dest is the
+                # option's namespace are merged into the settings by avocado
+                # (Settings.merge_with_arguments) when given.
+                kind = {"action": "store_true"} if key_type is bool else {"type": key_type}
+                sub.add_argument(long_arg, dest=f"{SECTION}.{key}", default=None,
+                                 help=opt_help, **kind)
+
+    def run(self, config):
+        from . import commands  # heavy imports only when the command runs
+
+        return commands.dispatch(config.get("bgsnap_subcommand"), config)

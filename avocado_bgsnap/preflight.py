@@ -1,0 +1,53 @@
+"""Host checks done before any VM starts, with results a test can act on.
+
+A missing prerequisite raises :class:`HostUnsupported`; the test turns it
+into ``test.cancel(reason)``, never a failure.
+"""
+
+from pathlib import Path
+
+from . import host, paths, vt_compat
+from .guest.build import GUEST_READY_MARKER
+
+ACCEL_CACHE = "accel-probe.json"
+
+
+class HostUnsupported(Exception):
+    """The host cannot run a background snapshot; the message says why."""
+
+
+def choose_accelerator(requested: str, qemu: host.QemuInfo, kernel: Path, initrd: Path,
+                       probe_timeout: float) -> host.AccelChoice:
+    """Resolve auto|kvm|tcg; the KVM boot probe is cached per host/QEMU/guest."""
+    cache = paths.state_dir() / ACCEL_CACHE
+    key = host.accel_cache_key(qemu, str(kernel), str(initrd), timeout=probe_timeout)
+
+    def probe() -> host.AccelChoice:
+        cached = host.load_cached_accel(cache, key)
+        if cached is not None:
+            return cached
+        choice = host.probe_kvm(qemu, str(kernel), str(initrd), GUEST_READY_MARKER,
+                                timeout=probe_timeout)
+        host.save_cached_accel(cache, key, choice)
+        return choice
+
+    return host.resolve_accelerator(requested, probe)
+
+
+def check_host(qemu_binary: str, requested_accel: str, kernel: Path, initrd: Path,
+               probe_timeout: float = 20.0) -> host.HostFacts:
+    """Everything a background-snapshot test needs from the host, or HostUnsupported."""
+    try:
+        qemu = host.probe_qemu(vt_compat.real_qemu_binary(qemu_binary))
+    except host.HostCheckError as exc:
+        raise HostUnsupported(f"QEMU unusable: {exc}") from exc
+    uffd = host.probe_uffd()
+    for path in (kernel, initrd):
+        if not Path(path).is_file():
+            raise HostUnsupported(f"guest asset {path} missing: run 'avocado bgsnap build-guest'")
+    accel = choose_accelerator(requested_accel, qemu, kernel, initrd, probe_timeout)
+    facts = host.collect_facts(qemu, uffd, accel)
+    problems = facts.problems()
+    if problems:
+        raise HostUnsupported("; ".join(problems))
+    return facts

@@ -1,0 +1,173 @@
+"""The QMP steps of a snapshot, over avocado-vt's ``vm.monitor`` (QMPMonitor).
+
+The pause is taken from QEMU's own event timestamps (``STOP`` ->
+``RESUME``), stamped when QEMU emitted them, never from when we read them:
+in background mode both often arrive in one read.
+"""
+
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+# migrate-set-capabilities that background-snapshot refuses next to it
+# (qemu migration/options.c migrate_caps_check).
+INCOMPATIBLE_WITH_BACKGROUND = (
+    "postcopy-ram", "dirty-bitmaps", "postcopy-blocktime", "late-block-activate",
+    "return-path", "multifd", "pause-before-switchover", "auto-converge",
+    "release-ram", "rdma-pin-all", "compress", "xbzrle", "x-colo",
+    "validate-uuid", "zero-copy-send",
+)
+FINAL_STATES = ("completed", "failed", "cancelled")
+
+
+class QMPStepError(Exception):
+    """A QMP step of the snapshot failed; carries the command and QEMU's reply."""
+
+    def __init__(self, message: str, command: str = "", reply=None):
+        super().__init__(message)
+        self.command = command
+        self.reply = reply
+
+
+class MigrationFailed(QMPStepError):
+    """query-migrate reached 'failed'/'cancelled' (or the wait timed out)."""
+
+
+@dataclass(frozen=True)
+class PauseWindow:
+    stop_s: float           # QEMU's STOP timestamp (host clock, seconds)
+    resume_s: float | None  # None: no RESUME seen (still paused)
+
+    @property
+    def pause_ms(self) -> float | None:
+        if self.resume_s is None:
+            return None
+        return (self.resume_s - self.stop_s) * 1000.0
+
+
+def event_time(event: dict) -> float:
+    stamp = event["timestamp"]
+    return stamp["seconds"] + stamp["microseconds"] / 1e6
+
+
+def pause_windows(events: Iterable[dict]) -> list[PauseWindow]:
+    """Pair every STOP with the next RESUME, in QEMU's timestamp order.
+
+    A RESUME without a preceding STOP (the VM was started paused) is ignored;
+    a trailing STOP without RESUME gives a window with ``resume_s=None``.
+    """
+    relevant = sorted((e for e in events if e.get("event") in ("STOP", "RESUME")),
+                      key=event_time)
+    windows, stop = [], None
+    for event in relevant:
+        if event["event"] == "STOP":
+            if stop is None:
+                stop = event_time(event)
+        elif stop is not None:
+            windows.append(PauseWindow(stop, event_time(event)))
+            stop = None
+    if stop is not None:
+        windows.append(PauseWindow(stop, None))
+    return windows
+
+
+def total_pause_ms(windows: list[PauseWindow]) -> float | None:
+    if not windows or any(w.resume_s is None for w in windows):
+        return None
+    return sum(w.pause_ms for w in windows)
+
+
+class SnapshotQMP:
+    """What the suite asks of one QEMU's monitor, and nothing more."""
+
+    def __init__(self, monitor, log: Callable[[str], None] = lambda msg: None):
+        self.monitor = monitor
+        self.log = log
+
+    def _cmd(self, command: str, args: dict | None = None, timeout: float = 60,
+             debug: bool = True):
+        try:
+            return self.monitor.cmd(command, args, timeout=timeout, debug=debug)
+        except Exception as exc:  # virttest raises QMPCmdError & co.
+            raise QMPStepError(f"{command} failed: {exc}", command, getattr(exc, "data", None)) from exc
+
+    def capabilities(self) -> dict[str, bool]:
+        reply = self._cmd("query-migrate-capabilities")
+        return {item["capability"]: item["state"] for item in reply}
+
+    def set_capabilities(self, caps: dict[str, bool]) -> None:
+        self._cmd("migrate-set-capabilities", {
+            "capabilities": [{"capability": k, "state": v} for k, v in caps.items()]})
+
+    def enable_background_snapshot(self) -> None:
+        """Turn off whatever background-snapshot refuses, then turn it on."""
+        current = self.capabilities()
+        if "background-snapshot" not in current:
+            raise QMPStepError("this QEMU has no background-snapshot capability",
+                               "query-migrate-capabilities", current)
+        off = {c: False for c in INCOMPATIBLE_WITH_BACKGROUND if current.get(c)}
+        if off:
+            self.set_capabilities(off)
+        self.set_capabilities({"background-snapshot": True})
+
+    def clear_events(self) -> None:
+        self.monitor.clear_events()
+
+    def events(self) -> list[dict]:
+        return list(self.monitor.get_events())
+
+    def migrate(self, uri: str) -> None:
+        self._cmd("migrate", {"uri": uri})
+
+    def query_migrate(self) -> dict:
+        return self._cmd("query-migrate", debug=False)  # polled: keep the log readable
+
+    def wait_migration(self, timeout: float, poll_s: float = 0.1,
+                       progress: Callable[[dict], None] | None = None,
+                       progress_every_s: float = 2.0) -> dict:
+        """Poll query-migrate until a final state; return the final reply.
+
+        The poll interval only bounds how soon we notice the end: no figure
+        is derived from it.
+        """
+        deadline = time.monotonic() + timeout
+        next_report = time.monotonic() + progress_every_s
+        while True:
+            info = self.query_migrate()
+            status = info.get("status")
+            if status in FINAL_STATES:
+                if status != "completed":
+                    raise MigrationFailed(
+                        f"migration {status}: {info.get('error-desc', 'no error-desc')}",
+                        "query-migrate", info)
+                return info
+            now = time.monotonic()
+            if now > deadline:
+                raise MigrationFailed(f"migration still '{status}' after {timeout:.0f}s",
+                                      "query-migrate", info)
+            if progress and now >= next_report:
+                progress(info)
+                next_report = now + progress_every_s
+            time.sleep(poll_s)
+
+    def wait_event(self, name: str, timeout: float, poll_s: float = 0.02) -> dict:
+        """Return the first event ``name`` seen since the last clear_events()."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for event in self.events():
+                if event.get("event") == name:
+                    return event
+            if time.monotonic() > deadline:
+                raise QMPStepError(f"no {name} event within {timeout:.0f}s", name)
+            time.sleep(poll_s)
+
+    def status(self) -> str:
+        return self._cmd("query-status")["status"]
+
+    def cont(self) -> None:
+        self._cmd("cont")
+
+    def dump_guest_memory(self, path: str, timeout: float) -> None:
+        """Dump all guest RAM (ELF, no paging) synchronously into ``path``."""
+        self._cmd("dump-guest-memory", {"paging": False, "protocol": "file:" + path},
+                  timeout=timeout)

@@ -1,0 +1,82 @@
+"""One frozen, typed view of a test's Cartesian params.
+
+Test modules call :func:`from_params` once; everything below them takes
+these typed values, never the raw ``params`` dict.
+"""
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+from .wlproto import WorkloadSpec
+
+ACCELERATORS = ("auto", "kvm", "tcg")
+EXPECTATIONS = ("clean", "damage-caught")
+
+
+class SettingsError(ValueError):
+    """A cfg value is missing or invalid; the message names the param."""
+
+
+@dataclass(frozen=True)
+class BgsnapSettings:
+    accel: str                 # auto | kvm | tcg  (param bgsnap_accel)
+    kvm_probe_timeout_s: float
+    guest_mem_mib: int         # param mem
+    workload: WorkloadSpec
+    fill_timeout_s: float
+    snapshot_timeout_s: float
+    restore_timeout_s: float
+    verify_timeout_s: float
+    max_pause_ms: float        # 0 = no gate
+    damage_snapshot: bool      # flip one byte of a guest page in the file
+    expect: str                # clean | damage-caught
+    keep_snapshot: bool
+    snapshot_dir: Path | None  # None = the test's workdir
+
+
+def _choice(params, key: str, default: str, allowed: tuple) -> str:
+    value = params.get(key, default)
+    if value not in allowed:
+        raise SettingsError(f"{key} = {value!r}: expected one of {', '.join(allowed)}")
+    return value
+
+
+def from_params(params) -> BgsnapSettings:
+    """Read and validate every param the suite uses, once."""
+    try:
+        mem = int(params.get_numeric("mem", 1024))
+        wl_mib = int(params.get_numeric("bgsnap_workload_mib", mem * 3 // 4))
+        if wl_mib >= mem:
+            raise SettingsError(f"bgsnap_workload_mib = {wl_mib} must be below mem = {mem}")
+        seed = int(params.get_numeric("bgsnap_seed", 1))
+        workload = WorkloadSpec(
+            mib=wl_mib,
+            seed=seed,
+            nonce=random.SystemRandom().getrandbits(63),
+            writers=int(params.get_numeric("bgsnap_writers", 1)),
+            pattern=params.get("bgsnap_pattern", "random"),
+            hot_pct=int(params.get_numeric("bgsnap_hot_pct", 10)),
+            rate_mib_s=int(params.get_numeric("bgsnap_rate_mib_s", 0)),
+            latency=params.get_boolean("bgsnap_latency", True),
+        )
+        snapshot_dir = params.get("bgsnap_snapshot_dir") or None
+        return BgsnapSettings(
+            accel=_choice(params, "bgsnap_accel", "auto", ACCELERATORS),
+            kvm_probe_timeout_s=params.get_numeric("bgsnap_kvm_probe_timeout", 20, float),
+            guest_mem_mib=mem,
+            workload=workload,
+            fill_timeout_s=params.get_numeric("bgsnap_fill_timeout", 300, float),
+            snapshot_timeout_s=params.get_numeric("bgsnap_snapshot_timeout", 600, float),
+            restore_timeout_s=params.get_numeric("bgsnap_restore_timeout", 600, float),
+            verify_timeout_s=params.get_numeric("bgsnap_verify_timeout", 300, float),
+            max_pause_ms=params.get_numeric("max_pause_ms", 0, float),
+            damage_snapshot=params.get_boolean("bgsnap_damage_snapshot", False),
+            expect=_choice(params, "bgsnap_expect", "clean", EXPECTATIONS),
+            keep_snapshot=params.get_boolean("bgsnap_keep_snapshot", False),
+            snapshot_dir=Path(snapshot_dir) if snapshot_dir else None,
+        )
+    except (TypeError, ValueError) as exc:
+        if isinstance(exc, SettingsError):
+            raise
+        raise SettingsError(f"invalid bgsnap cfg: {exc}") from exc

@@ -1,0 +1,133 @@
+"""Take a background snapshot of a running VM into a file, and restore it.
+
+The snapshot is streamed to ``<name>.partial`` and renamed to its final name
+only once QEMU reports ``completed``: a half-written file is never presented
+as a snapshot, and a failed save leaves nothing behind.
+"""
+
+import contextlib
+import os
+import shlex
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from .qmp import PauseWindow, SnapshotQMP, pause_windows, total_pause_ms
+
+
+@dataclass(frozen=True)
+class SnapshotResult:
+    path: Path
+    snapshot_bytes: int
+    pause_windows: tuple[PauseWindow, ...]
+    pause_ms: float | None          # sum of STOP->RESUME windows (QEMU stamps)
+    downtime_ms: float | None       # QEMU's own figure (query-migrate)
+    setup_ms: float | None          # QEMU's own figure (query-migrate)
+    total_s: float                  # migrate command -> completed seen
+    ram_transferred_bytes: int
+    ram_total_bytes: int
+    raw_events: tuple[dict, ...] = field(default=(), repr=False)
+
+
+def exec_save_uri(path: Path) -> str:
+    return "exec:cat > " + shlex.quote(str(path))
+
+
+def exec_restore_command(path: Path) -> str:
+    return "cat " + shlex.quote(str(path))
+
+
+def take_background_snapshot(qmp: SnapshotQMP, path: Path, timeout: float,
+                             log: Callable[[str], None] = lambda m: None,
+                             on_resume: Callable[[], None] | None = None) -> SnapshotResult:
+    """Snapshot the running VM behind ``qmp`` into ``path``.
+
+    ``on_resume`` is called as soon as QEMU's RESUME event is seen (the guest
+    runs again, the RAM is still being saved).
+    """
+    partial = path.with_name(path.name + ".partial")
+    with contextlib.suppress(FileNotFoundError):
+        partial.unlink()
+    qmp.enable_background_snapshot()
+    qmp.clear_events()
+    started = time.monotonic()
+    try:
+        qmp.migrate(exec_save_uri(partial))
+        if on_resume is not None:
+            qmp.wait_event("RESUME", timeout)
+            on_resume()
+
+        def progress(info: dict) -> None:
+            ram = info.get("ram", {})
+            log("snapshot %s: %.0f/%.0f MiB saved, %.1fs" % (
+                info.get("status"), ram.get("transferred", 0) / 2**20,
+                ram.get("total", 0) / 2**20, time.monotonic() - started))
+
+        info = qmp.wait_migration(timeout, progress=progress)
+        total_s = time.monotonic() - started
+        os.replace(partial, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            partial.unlink()
+        raise
+    events = tuple(qmp.events())
+    windows = tuple(pause_windows(events))
+    ram = info.get("ram", {})
+    return SnapshotResult(
+        path=path,
+        snapshot_bytes=path.stat().st_size,
+        pause_windows=windows,
+        pause_ms=total_pause_ms(list(windows)),
+        downtime_ms=info.get("downtime"),
+        setup_ms=info.get("setup-time"),
+        total_s=total_s,
+        ram_transferred_bytes=int(ram.get("transferred", 0)),
+        ram_total_bytes=int(ram.get("total", 0)),
+        raw_events=events,
+    )
+
+
+@contextlib.contextmanager
+def restored_vm(vm, path: Path, timeout: float, log: Callable[[str], None] = lambda m: None):
+    """A second QEMU with ``vm``'s configuration, restored from ``path``, paused.
+
+    avocado-vt starts every QEMU with -S and leaves an incoming one paused,
+    so the restored guest has not executed a single instruction when this
+    yields.  Leaving the block always destroys it.
+    """
+    clone = vm.clone()
+    try:
+        clone.create(migration_mode="exec", migration_exec_cmd=exec_restore_command(path),
+                     timeout=timeout)
+        qmp = SnapshotQMP(clone.monitor, log)
+        started = time.monotonic()
+        info = qmp.wait_migration(timeout)
+        log("restored %s in %.1fs (status %s)" % (path.name, time.monotonic() - started,
+                                                  qmp.status()))
+        yield clone, qmp, info
+    finally:
+        clone.destroy(gracefully=False)
+
+
+def damage_guest_page(path: Path, needle: bytes, offset_in_page: int = 512) -> int:
+    """Flip one byte of the first guest page in the snapshot file that starts
+    with ``needle``; return the file offset flipped.  Used by the negative
+    control: the verifier must catch it."""
+    chunk = 16 * 2**20
+    with open(path, "r+b") as f:
+        base = 0
+        while True:
+            f.seek(base)
+            data = f.read(chunk + len(needle))
+            if len(data) < len(needle):
+                raise ValueError(f"no page starting with {needle.hex()} in {path}")
+            pos = data.find(needle)
+            if pos >= 0:
+                target = base + pos + offset_in_page
+                f.seek(target)
+                old = f.read(1)
+                f.seek(target)
+                f.write(bytes([old[0] ^ 0xFF]))
+                return target
+            base += chunk

@@ -1,0 +1,79 @@
+"""Drive the guest workload ``bgsnap-wl`` over the serial shell session.
+
+The protocol (commands, the ``#WL#`` reply line) is in :mod:`wlproto` and
+``docs/workload.md``; this module only moves text over an aexpect session.
+"""
+
+import time
+from typing import Callable
+
+from .wlproto import VerifyResult, WorkloadProtocolError, WorkloadSpec, ctl_command, parse_reply
+
+GUEST_BINARY = "/bin/bgsnap-wl"
+GUEST_LOG = "/tmp/bgsnap-wl.log"
+WINDOW_BEFORE, WINDOW_DURING, WINDOW_AFTER = 0, 1, 2
+
+
+class GuestWorkload:
+    """One ``bgsnap-wl run`` process in a guest, reached through ``session``."""
+
+    def __init__(self, session, spec: WorkloadSpec, log: Callable[[str], None] = lambda m: None,
+                 cmd_timeout: float = 60):
+        self.session = session
+        self.spec = spec
+        self.log = log
+        self.cmd_timeout = cmd_timeout
+
+    def _ctl(self, command: str, arg=None, timeout: float | None = None) -> dict:
+        text = self.session.cmd_output(ctl_command(command, arg, binary=GUEST_BINARY),
+                                       timeout=timeout or self.cmd_timeout)
+        return parse_reply(text)
+
+    def start(self) -> None:
+        cmd = self.spec.run_command(binary=GUEST_BINARY)
+        self.session.cmd(f"{cmd} > {GUEST_LOG} 2>&1 &", timeout=self.cmd_timeout)
+
+    def status(self) -> dict:
+        return self._ctl("status")
+
+    def wait_running(self, timeout: float) -> dict:
+        """Wait until the fill is done and the writers run; log progress."""
+        deadline = time.monotonic() + timeout
+        last = None
+        while True:
+            try:
+                status = self.status()
+            except WorkloadProtocolError as exc:  # socket not bound yet
+                status = {"phase": "starting", "error": str(exc)}
+            if status.get("phase") == "running":
+                return status
+            if status != last and status.get("phase") == "filling":
+                self.log("workload filling: %s" % _fill_progress(status))
+            last = status
+            if time.monotonic() > deadline:
+                tail = self.session.cmd_output(f"tail -5 {GUEST_LOG}", timeout=10)
+                raise WorkloadProtocolError(
+                    f"workload not running after {timeout:.0f}s: {status}; log: {tail.strip()}")
+            time.sleep(1.0)
+
+    def committed(self) -> list[int]:
+        return [int(s) for s in self.status()["committed"]]
+
+    def mark(self, window: int) -> dict:
+        return self._ctl("mark", window)
+
+    def freeze(self) -> list[int]:
+        return [int(s) for s in self._ctl("freeze")["committed"]]
+
+    def thaw(self) -> None:
+        self._ctl("thaw")
+
+    def verify(self, timeout: float) -> VerifyResult:
+        """Verify the frozen live region (the guest checks itself)."""
+        return VerifyResult.from_reply(self._ctl("verify", timeout=timeout))
+
+
+def _fill_progress(status: dict) -> str:
+    done = status.get("fill_done_mib", status.get("fill_mib"))
+    total = status.get("fill_total_mib", status.get("mib"))
+    return f"{done}/{total} MiB" if done is not None else str(status)

@@ -1,0 +1,35 @@
+"""Cartesian params -> typed settings; bad values give a message naming the param."""
+
+import pytest
+from virttest.utils_params import Params
+
+from avocado_bgsnap import settings
+
+
+def params(**extra):
+    base = {"mem": "256", "bgsnap_workload_mib": "128"}
+    base.update({k: str(v) for k, v in extra.items()})
+    return Params(base)
+
+
+def test_defaults():
+    cfg = settings.from_params(params())
+    assert cfg.guest_mem_mib == 256 and cfg.workload.mib == 128
+    assert cfg.accel == "auto" and cfg.expect == "clean" and not cfg.damage_snapshot
+    assert cfg.max_pause_ms == 0
+
+
+def test_each_run_gets_its_own_nonce():
+    assert settings.from_params(params()).workload.nonce != settings.from_params(params()).workload.nonce
+
+
+@pytest.mark.parametrize("extra, message", [
+    ({"bgsnap_accel": "xen"}, "bgsnap_accel"),
+    ({"bgsnap_workload_mib": 300}, "must be below mem"),
+    ({"bgsnap_expect": "maybe"}, "bgsnap_expect"),
+    ({"bgsnap_pattern": "zigzag"}, "pattern"),
+    ({"max_pause_ms": "fast"}, "invalid bgsnap cfg"),
+])
+def test_bad_values_are_named(extra, message):
+    with pytest.raises(settings.SettingsError, match=message):
+        settings.from_params(params(**extra))

@@ -1,0 +1,35 @@
+"""avocado-bgsnap: Avocado-VT plugin and test provider for QEMU background snapshots."""
+
+from pathlib import Path
+
+from setuptools import find_namespace_packages, setup
+
+VERSION = (Path(__file__).parent / "VERSION").read_text().strip()
+
+setup(
+    name="avocado-bgsnap",
+    version=VERSION,
+    description="Avocado-VT tests for QEMU background snapshots: correctness and true pause time",
+    long_description=(Path(__file__).parent / "README.md").read_text(),
+    long_description_content_type="text/markdown",
+    license="GPLv2+",
+    python_requires=">=3.11",
+    packages=find_namespace_packages(include=["avocado_bgsnap", "avocado_bgsnap.*"]),
+    package_data={"avocado_bgsnap": ["guest/init.sh", "guest/wl/*.c", "guest/wl/*.h"]},
+    include_package_data=True,
+    install_requires=[
+        "avocado-framework==113.0",
+        "avocado-framework-plugin-vt==113.0",
+        "aexpect",
+        # virttest warns without it at every start; screendumps need it
+        "pillow",
+        # avocado 113 imports pkg_resources, gone in setuptools 82
+        "setuptools<81",
+    ],
+    extras_require={"test": ["pytest"]},
+    entry_points={
+        "avocado.plugins.settings": ["bgsnap-settings = avocado_bgsnap.plugin_settings:BgsnapSettings"],
+        "avocado.plugins.init": ["bgsnap = avocado_bgsnap.plugin:BgsnapInit"],
+        "avocado.plugins.cli.cmd": ["bgsnap = avocado_bgsnap.plugin:Bgsnap"],
+    },
+)
