@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from . import snapshot, verifier
+from . import snapshot, verifier, vt_compat
 from .metrics import Metrics
 from .qmp import SnapshotQMP
 from .settings import BgsnapSettings
@@ -56,7 +56,7 @@ class SnapshotCycle:
     # -- 2 ------------------------------------------------------------------
     def boot_and_fill(self, boot_started: float) -> None:
         """Log into the booted guest, start the workload, wait for the fill."""
-        self.session = self.vm.wait_for_serial_login(timeout=LOGIN_TIMEOUT)
+        self.session = vt_compat.serial_login(self.vm, LOGIN_TIMEOUT)
         self.record.set("boot_s", round(time.monotonic() - boot_started, 3))
         self.log("guest shell after %.1fs" % self.record.get("boot_s"))
         self.workload = GuestWorkload(self.session, self.cfg.workload, self.log)
@@ -145,7 +145,7 @@ class SnapshotCycle:
             self.log("restored guest (self check): %s" % self.guest_verify.summary())
 
     def _verify_in_guest(self, clone) -> VerifyResult:
-        session = clone.wait_for_serial_login(timeout=LOGIN_TIMEOUT)
+        session = vt_compat.serial_login(clone, LOGIN_TIMEOUT)
         try:
             workload = GuestWorkload(session, self.cfg.workload, self.log)
             workload.freeze()

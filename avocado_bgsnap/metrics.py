@@ -65,7 +65,9 @@ def summary_line(data: dict) -> str:
         value = data.get(key)
         return "n/a" if value is None else f"{value * scale:.{digits}f}{unit}"
 
-    return ("pause %s (QEMU downtime %s), snapshot %s in %s, guest %s MiB / workload %s MiB, verify %s"
-            % (fmt("pause_ms", " ms", digits=2), fmt("downtime_ms", " ms", digits=0),
-               fmt("snapshot_bytes", " MiB", 1 / 2**20, 0), fmt("snapshot_total_s", " s"),
-               data.get("guest_mem_mib"), data.get("workload_mib"), data.get("verify", "n/a")))
+    restored = (data.get("host_verify") or "n/a").split(":")[0]
+    return ("pause %s (QEMU downtime %s), snapshot %s in %s, guest %s MiB / workload %s MiB, "
+            "restored RAM %s" % (
+                fmt("pause_ms", " ms", digits=2), fmt("downtime_ms", " ms", digits=0),
+                fmt("snapshot_bytes", " MiB", 1 / 2**20, 0), fmt("snapshot_total_s", " s"),
+                data.get("guest_mem_mib"), data.get("workload_mib"), restored))

@@ -7,6 +7,7 @@ fixed upstream, delete the function and its one caller.
 import os
 import shlex
 import stat
+import time
 from pathlib import Path
 
 # --- 1. "Bootstrap missing" -------------------------------------------------
@@ -104,6 +105,28 @@ def set_whiteboard(test, text: str) -> None:
     test.whiteboard = text
 
 
-# --- 5. setuptools < 81 ------------------------------------------------------------
+# --- 5. Serial login stalls 10-20 s -------------------------------------------------
+# virttest/vt_console.py (__login) waits until the console printed 500
+# characters or its whole internal timeout (10 s) has passed before it looks
+# for a prompt, and a restored guest prints nothing at all until poked.  So:
+# poke the shell with a newline and make short login attempts until one sees
+# the prompt.  Same session type as vm.wait_for_serial_login() returns.
+
+
+def serial_login(vm, timeout: float, attempt_s: float = 2.0):
+    from virttest import remote  # avocado-vt import kept local to this workaround
+
+    deadline = time.monotonic() + timeout
+    while True:
+        vm.serial_console.sendline("")
+        try:
+            return vm.serial_login(timeout=attempt_s)
+        except remote.LoginError:
+            if time.monotonic() > deadline:
+                raise
+            vm.verify_alive()
+
+
+# --- 6. setuptools < 81 ------------------------------------------------------------
 # avocado 113 imports pkg_resources, removed in setuptools 82 (81 warns): the
 # pin lives in setup.py's install_requires, nothing to do at run time.
