@@ -23,6 +23,8 @@ from .wlproto import VerifyResult
 SNAPSHOT_NAME = "bgsnap-snapshot.bin"
 DUMP_NAME = "bgsnap-restored-ram.elf"
 LOGIN_TIMEOUT = 120
+# A running guest answers 'ctl status' in well under a second, even under TCG.
+AFTER_RESUME_TIMEOUT = 20
 
 
 class CycleError(Exception):
@@ -64,7 +66,7 @@ class SnapshotCycle:
         self.workload.start()
         status = self.workload.wait_running(self.cfg.fill_timeout_s)
         self.record.stop("fill")
-        self.record.set("fill_mib_s", status.get("fill_mib_s"))
+        self.record.set("fill_mib_s", status.get("fill_mib_per_s"))
         self.log("workload running: %s" % status)
 
     # -- 3 ------------------------------------------------------------------
@@ -74,7 +76,7 @@ class SnapshotCycle:
         self.workload.mark(WINDOW_DURING)
 
         def after_resume():
-            self.steps_after_resume = self.workload.committed()
+            self.steps_after_resume = self.workload.committed(timeout=AFTER_RESUME_TIMEOUT)
 
         self.log("background snapshot -> %s" % self.snapshot_path)
         result = snapshot.take_background_snapshot(
@@ -195,6 +197,9 @@ class SnapshotCycle:
     def cleanup(self) -> None:
         if self.session is not None:
             self.session.close()
+        if vt_compat.shutdown_bounded(self.vm):
+            self.log("QEMU did not quit: killed it (SIGKILL)")
+            self.record.set("qemu_killed", True)
         paths = [self.dump_path, self.dump_path.with_name(self.dump_path.name + ".partial"),
                  self.snapshot_path.with_name(self.snapshot_path.name + ".partial")]
         if not self.cfg.keep_snapshot:

@@ -13,7 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from .qmp import PauseWindow, SnapshotQMP, pause_windows, total_pause_ms
+from . import vt_compat
+from .qmp import (MigrationFailed, PauseWindow, QMPStepError, SnapshotQMP, pause_windows,
+                  total_pause_ms)
 
 
 @dataclass(frozen=True)
@@ -56,7 +58,11 @@ def take_background_snapshot(qmp: SnapshotQMP, path: Path, timeout: float,
         qmp.migrate(exec_save_uri(partial))
         if on_resume is not None:
             qmp.wait_event("RESUME", timeout)
-            on_resume()
+            try:
+                on_resume()
+            except Exception as exc:
+                _raise_if_migration_failed(qmp, exc)
+                raise
 
         def progress(info: dict) -> None:
             ram = info.get("ram", {})
@@ -88,6 +94,19 @@ def take_background_snapshot(qmp: SnapshotQMP, path: Path, timeout: float,
     )
 
 
+def _raise_if_migration_failed(qmp: SnapshotQMP, cause: Exception) -> None:
+    """A step failed during the save: if the save itself failed, say that."""
+    try:
+        info = qmp.query_migrate()
+    except QMPStepError:
+        return
+    if info.get("status") in ("failed", "cancelled"):
+        raise MigrationFailed(
+            "migration %s: %s (and then the guest stopped answering: %s)"
+            % (info["status"], info.get("error-desc", "no error-desc"), cause),
+            "query-migrate", info) from cause
+
+
 @contextlib.contextmanager
 def restored_vm(vm, path: Path, timeout: float, log: Callable[[str], None] = lambda m: None):
     """A second QEMU with ``vm``'s configuration, restored from ``path``, paused.
@@ -107,6 +126,7 @@ def restored_vm(vm, path: Path, timeout: float, log: Callable[[str], None] = lam
                                                   qmp.status()))
         yield clone, qmp, info
     finally:
+        vt_compat.shutdown_bounded(clone)
         clone.destroy(gracefully=False)
 
 

@@ -33,8 +33,8 @@ class GuestWorkload:
         cmd = self.spec.run_command(binary=GUEST_BINARY)
         self.session.cmd(f"{cmd} > {GUEST_LOG} 2>&1 &", timeout=self.cmd_timeout)
 
-    def status(self) -> dict:
-        return self._ctl("status")
+    def status(self, timeout: float | None = None) -> dict:
+        return self._ctl("status", timeout=timeout)
 
     def wait_running(self, timeout: float) -> dict:
         """Wait until the fill is done and the writers run; log progress."""
@@ -56,8 +56,8 @@ class GuestWorkload:
                     f"workload not running after {timeout:.0f}s: {status}; log: {tail.strip()}")
             time.sleep(1.0)
 
-    def committed(self) -> list[int]:
-        return [int(s) for s in self.status()["committed"]]
+    def committed(self, timeout: float | None = None) -> list[int]:
+        return [int(s) for s in self.status(timeout)["committed"]]
 
     def mark(self, window: int) -> dict:
         return self._ctl("mark", window)
