@@ -20,7 +20,8 @@ from .settings import BgsnapSettings
 from .workload import WINDOW_AFTER, WINDOW_BEFORE, WINDOW_DURING, GuestWorkload
 from .wlproto import VerifyResult
 
-SNAPSHOT_NAME = "bgsnap-snapshot.bin"
+SNAPSHOT_STEM = "bgsnap-snapshot"
+LATE_IMAGE_STEM = "bgsnap-late-image"
 DUMP_NAME = "bgsnap-restored-ram.elf"
 LOGIN_TIMEOUT = 120
 # A running guest answers 'ctl status' in well under a second, even under TCG.
@@ -40,7 +41,9 @@ class SnapshotCycle:
         self.log = log
         self.wl_binary = wl_binary
         self.snapshot_dir = cfg.snapshot_dir or workdir
-        self.snapshot_path = self.snapshot_dir / SNAPSHOT_NAME
+        self.snapshot_path = self.snapshot_dir / (SNAPSHOT_STEM + cfg.transport.suffix)
+        # the file restored: the snapshot, or the late image (negative control)
+        self.image_path = self.snapshot_path
         self.dump_path = self.snapshot_dir / DUMP_NAME
         self.session = None
         self.workload: GuestWorkload | None = None
@@ -51,9 +54,12 @@ class SnapshotCycle:
         self.guest_verify: VerifyResult | None = None
         self.source_verify: VerifyResult | None = None
         self.damaged_offset: int | None = None
+        self.triggered_at = 0.0
         spec = cfg.workload
         record.update({"guest_mem_mib": cfg.guest_mem_mib, "workload_mib": spec.mib,
-                       "workload": dataclasses.asdict(spec), "expect": cfg.expect})
+                       "workload": dataclasses.asdict(spec),
+                       "negative_control": cfg.negative_control,
+                       "transport": dataclasses.asdict(cfg.transport)})
 
     # -- 2 ------------------------------------------------------------------
     def boot_and_fill(self, boot_started: float) -> None:
@@ -79,8 +85,9 @@ class SnapshotCycle:
             self.steps_after_resume = self.workload.committed(timeout=AFTER_RESUME_TIMEOUT)
 
         self.log("background snapshot -> %s" % self.snapshot_path)
+        self.triggered_at = time.monotonic()
         result = snapshot.take_background_snapshot(
-            qmp, self.snapshot_path, self.cfg.snapshot_timeout_s, self.log,
+            qmp, self.cfg.transport, self.snapshot_path, self.cfg.snapshot_timeout_s, self.log,
             on_resume=after_resume)
         self.steps_completed = self.workload.committed()
         self.workload.mark(WINDOW_AFTER)
@@ -118,15 +125,33 @@ class SnapshotCycle:
     def damage_snapshot(self) -> None:
         """Negative control: flip one byte inside a workload page's body."""
         needle = struct.pack("<QQ", verifier.PAGE_MAGIC, self.cfg.workload.nonce ^ 0)
+        if self.cfg.transport.suffix != ".bin":
+            raise CycleError(f"damage_file needs an uncompressed image, not "
+                             f"{self.cfg.transport.name}")
         self.damaged_offset = snapshot.damage_guest_page(self.snapshot_path, needle)
         self.record.set("damaged_file_offset", self.damaged_offset)
         self.log("negative control: flipped the byte at offset %d of %s"
                  % (self.damaged_offset, self.snapshot_path.name))
 
+    def take_late_image(self) -> None:
+        """Negative control: a consistent image taken LATER than the trigger
+        (stop-and-save ``late_image_delay_s`` after it); it is what gets
+        restored, and the point-in-time check must reject it."""
+        delay = self.cfg.late_image_delay_s - (time.monotonic() - self.triggered_at)
+        if delay > 0:
+            time.sleep(delay)
+        self.image_path = self.snapshot_dir / (LATE_IMAGE_STEM + self.cfg.transport.suffix)
+        qmp = SnapshotQMP(self.vm.monitor, self.log)
+        result = snapshot.take_stop_and_save(qmp, self.cfg.transport, self.image_path,
+                                             self.cfg.snapshot_timeout_s, self.log)
+        self.record.set("late_image_bytes", result.snapshot_bytes)
+        self.log("negative control: stop-and-save image %.1fs after the trigger"
+                 % (time.monotonic() - self.triggered_at))
+
     # -- 6, 7 ----------------------------------------------------------------
     def restore_and_verify(self) -> None:
         self.record.start("restore")
-        with snapshot.restored_vm(self.vm, self.snapshot_path,
+        with snapshot.restored_vm(self.vm, self.cfg.transport, self.image_path,
                                   self.cfg.restore_timeout_s, self.log) as (clone, qmp, _):
             self.record.stop("restore")
             self.record.start("dump")
@@ -168,31 +193,43 @@ class SnapshotCycle:
 
     def verdict(self) -> str | None:
         """None when the test passes, else the failure message."""
-        expect_damage = self.cfg.expect == "damage-caught"
         errors = []
         if self.record.get("steps_during_save", 0) <= 0:
             errors.append("the source guest made no progress during the save")
         if not self.source_verify.clean:
             errors.append("source guest damaged after the snapshot: "
                           + self.source_verify.summary())
-        if expect_damage:
-            if self.host_verify.clean:
-                errors.append("negative control: the damaged snapshot passed verification")
-        else:
-            if not self.host_verify.clean:
-                errors.append("restored RAM differs from the snapshot-time state: "
-                              + self.host_verify.summary())
-            else:
-                pit = self.point_in_time_error()
-                if pit:
-                    errors.append(pit)
-            if not self.guest_verify.clean:
-                errors.append("restored guest self-check failed: " + self.guest_verify.summary())
+        errors += self._restore_errors()
         pause = self.record.get("pause_ms")
         if self.cfg.max_pause_ms and (pause is None or pause > self.cfg.max_pause_ms):
             errors.append(f"pause {_fmt(pause)} ms exceeds max_pause_ms = {self.cfg.max_pause_ms}")
         self.record.set("verdict", "; ".join(errors) or "pass")
         return "; ".join(errors) or None
+
+    def _restore_errors(self) -> list[str]:
+        """What the restored image must show, per negative control."""
+        negative = self.cfg.negative_control
+        pit = self.point_in_time_error() if self.host_verify.clean else None
+        self.record.set("point_in_time", pit or ("ok" if self.host_verify.clean else "not checked"))
+        if negative in ("damage_file", "damage_in_transit"):
+            return [] if not self.host_verify.clean else [
+                f"negative control {negative}: the damaged snapshot passed verification"]
+        if negative == "late_image":
+            if not self.host_verify.clean:
+                return ["negative control late_image: the late image is not even consistent: "
+                        + self.host_verify.summary()]
+            return [] if pit else [
+                "negative control late_image: an image taken after the trigger passed the "
+                "point-in-time check"]
+        errors = []
+        if not self.host_verify.clean:
+            errors.append("restored RAM differs from the snapshot-time state: "
+                          + self.host_verify.summary())
+        elif pit:
+            errors.append(pit)
+        if not self.guest_verify.clean:
+            errors.append("restored guest self-check failed: " + self.guest_verify.summary())
+        return errors
 
     def cleanup(self) -> None:
         if self.session is not None:
@@ -200,10 +237,10 @@ class SnapshotCycle:
         if vt_compat.shutdown_bounded(self.vm):
             self.log("QEMU did not quit: killed it (SIGKILL)")
             self.record.set("qemu_killed", True)
-        paths = [self.dump_path, self.dump_path.with_name(self.dump_path.name + ".partial"),
-                 self.snapshot_path.with_name(self.snapshot_path.name + ".partial")]
+        paths = [self.dump_path] + [p.with_name(p.name + ".partial")
+                                    for p in (self.snapshot_path, self.image_path)]
         if not self.cfg.keep_snapshot:
-            paths.append(self.snapshot_path)
+            paths += [self.snapshot_path, self.image_path]
         for path in paths:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from . import host, paths, vt_compat
 from .guest.build import GUEST_READY_MARKER
+from .transport import Transport
 
 ACCEL_CACHE = "accel-probe.json"
 
@@ -35,8 +36,12 @@ def choose_accelerator(requested: str, qemu: host.QemuInfo, kernel: Path, initrd
 
 
 def check_host(qemu_binary: str, requested_accel: str, kernel: Path, initrd: Path,
-               probe_timeout: float = 20.0) -> host.HostFacts:
-    """Everything a background-snapshot test needs from the host, or HostUnsupported."""
+               probe_timeout: float = 20.0,
+               snapshot_transport: Transport | None = None) -> host.HostFacts:
+    """Everything a background-snapshot test needs from the host, or HostUnsupported.
+
+    With ``snapshot_transport``, a transport the QEMU lacks is unsupported too.
+    """
     try:
         qemu = host.probe_qemu(vt_compat.real_qemu_binary(qemu_binary))
     except host.HostCheckError as exc:
@@ -48,6 +53,10 @@ def check_host(qemu_binary: str, requested_accel: str, kernel: Path, initrd: Pat
     accel = choose_accelerator(requested_accel, qemu, kernel, initrd, probe_timeout)
     facts = host.collect_facts(qemu, uffd, accel)
     problems = facts.problems()
+    if snapshot_transport is not None:
+        reason = snapshot_transport.unsupported_reason(qemu.version, qemu.migration_capabilities)
+        if reason:
+            problems.append(reason)
     if problems:
         raise HostUnsupported("; ".join(problems))
     return facts

@@ -99,8 +99,9 @@ class SnapshotQMP:
         self._cmd("migrate-set-capabilities", {
             "capabilities": [{"capability": k, "state": v} for k, v in caps.items()]})
 
-    def enable_background_snapshot(self) -> None:
-        """Turn off whatever background-snapshot refuses, then turn it on."""
+    def enable_background_snapshot(self, extra: tuple[str, ...] = ()) -> None:
+        """Turn off whatever background-snapshot refuses, then turn it on
+        (with the ``extra`` capabilities a transport needs, e.g. mapped-ram)."""
         current = self.capabilities()
         if "background-snapshot" not in current:
             raise QMPStepError("this QEMU has no background-snapshot capability",
@@ -108,7 +109,11 @@ class SnapshotQMP:
         off = {c: False for c in INCOMPATIBLE_WITH_BACKGROUND if current.get(c)}
         if off:
             self.set_capabilities(off)
-        self.set_capabilities({"background-snapshot": True})
+        self.set_capabilities({"background-snapshot": True, **{c: True for c in extra}})
+
+    def enable_plain_migration(self, extra: tuple[str, ...] = ()) -> None:
+        """background-snapshot off (a classic migration), ``extra`` on."""
+        self.set_capabilities({"background-snapshot": False, **{c: True for c in extra}})
 
     def clear_events(self) -> None:
         self.monitor.clear_events()
@@ -160,6 +165,12 @@ class SnapshotQMP:
             if time.monotonic() > deadline:
                 raise QMPStepError(f"no {name} event within {timeout:.0f}s", name)
             time.sleep(poll_s)
+
+    def migrate_incoming(self, uri: str) -> None:
+        self._cmd("migrate-incoming", {"uri": uri})
+
+    def stop(self) -> None:
+        self._cmd("stop")
 
     def status(self) -> str:
         return self._cmd("query-status")["status"]

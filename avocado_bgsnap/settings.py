@@ -8,10 +8,13 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import transport as transports
 from .wlproto import WorkloadSpec
 
 ACCELERATORS = ("auto", "kvm", "tcg")
-EXPECTATIONS = ("clean", "damage-caught")
+# What a negative-control variant does to the snapshot; the test then PASSes
+# only when the verifier catches it.
+NEGATIVE_CONTROLS = ("none", "damage_file", "damage_in_transit", "late_image")
 
 
 class SettingsError(ValueError):
@@ -29,8 +32,9 @@ class BgsnapSettings:
     restore_timeout_s: float
     verify_timeout_s: float
     max_pause_ms: float        # 0 = no gate
-    damage_snapshot: bool      # flip one byte of a guest page in the file
-    expect: str                # clean | damage-caught
+    negative_control: str      # one of NEGATIVE_CONTROLS
+    late_image_delay_s: float  # late_image: stop-and-save this long after the trigger
+    transport: transports.Transport
     keep_snapshot: bool
     snapshot_dir: Path | None  # None = the test's workdir
 
@@ -40,6 +44,23 @@ def _choice(params, key: str, default: str, allowed: tuple) -> str:
     if value not in allowed:
         raise SettingsError(f"{key} = {value!r}: expected one of {', '.join(allowed)}")
     return value
+
+
+def _transport(params, negative: str) -> transports.Transport:
+    """bgsnap_save_uri + bgsnap_restore_uri (custom) win over bgsnap_transport."""
+    save, restore = params.get("bgsnap_save_uri"), params.get("bgsnap_restore_uri")
+    try:
+        if negative == "damage_in_transit":
+            return transports.by_name("damaged_in_transit")
+        if save or restore:
+            if not (save and restore):
+                raise transports.TransportError(
+                    "set both bgsnap_save_uri and bgsnap_restore_uri, or neither")
+            caps = tuple(params.get("bgsnap_transport_capabilities", "").split())
+            return transports.custom(save, restore, caps)
+        return transports.by_name(params.get("bgsnap_transport", "file"))
+    except transports.TransportError as exc:
+        raise SettingsError(str(exc)) from None
 
 
 def from_params(params) -> BgsnapSettings:
@@ -61,6 +82,7 @@ def from_params(params) -> BgsnapSettings:
             latency=params.get_boolean("bgsnap_latency", True),
         )
         snapshot_dir = params.get("bgsnap_snapshot_dir") or None
+        negative = _choice(params, "bgsnap_negative_control", "none", NEGATIVE_CONTROLS)
         return BgsnapSettings(
             accel=_choice(params, "bgsnap_accel", "auto", ACCELERATORS),
             kvm_probe_timeout_s=params.get_numeric("bgsnap_kvm_probe_timeout", 20, float),
@@ -71,8 +93,9 @@ def from_params(params) -> BgsnapSettings:
             restore_timeout_s=params.get_numeric("bgsnap_restore_timeout", 600, float),
             verify_timeout_s=params.get_numeric("bgsnap_verify_timeout", 300, float),
             max_pause_ms=params.get_numeric("max_pause_ms", 0, float),
-            damage_snapshot=params.get_boolean("bgsnap_damage_snapshot", False),
-            expect=_choice(params, "bgsnap_expect", "clean", EXPECTATIONS),
+            negative_control=negative,
+            late_image_delay_s=params.get_numeric("bgsnap_late_image_delay", 2, float),
+            transport=_transport(params, negative),
             keep_snapshot=params.get_boolean("bgsnap_keep_snapshot", False),
             snapshot_dir=Path(snapshot_dir) if snapshot_dir else None,
         )

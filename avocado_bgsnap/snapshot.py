@@ -7,13 +7,13 @@ as a snapshot, and a failed save leaves nothing behind.
 
 import contextlib
 import os
-import shlex
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 from . import vt_compat
+from .transport import Transport
 from .qmp import (MigrationFailed, PauseWindow, QMPStepError, SnapshotQMP, pause_windows,
                   total_pause_ms)
 
@@ -32,30 +32,27 @@ class SnapshotResult:
     raw_events: tuple[dict, ...] = field(default=(), repr=False)
 
 
-def exec_save_uri(path: Path) -> str:
-    return "exec:cat > " + shlex.quote(str(path))
+def _partial(path: Path) -> Path:
+    partial = path.with_name(path.name + ".partial")
+    with contextlib.suppress(FileNotFoundError):
+        partial.unlink()
+    return partial
 
 
-def exec_restore_command(path: Path) -> str:
-    return "cat " + shlex.quote(str(path))
-
-
-def take_background_snapshot(qmp: SnapshotQMP, path: Path, timeout: float,
+def take_background_snapshot(qmp: SnapshotQMP, transport: Transport, path: Path, timeout: float,
                              log: Callable[[str], None] = lambda m: None,
                              on_resume: Callable[[], None] | None = None) -> SnapshotResult:
-    """Snapshot the running VM behind ``qmp`` into ``path``.
+    """Snapshot the running VM behind ``qmp`` into ``path`` via ``transport``.
 
     ``on_resume`` is called as soon as QEMU's RESUME event is seen (the guest
     runs again, the RAM is still being saved).
     """
-    partial = path.with_name(path.name + ".partial")
-    with contextlib.suppress(FileNotFoundError):
-        partial.unlink()
-    qmp.enable_background_snapshot()
+    partial = _partial(path)
+    qmp.enable_background_snapshot(transport.capabilities)
     qmp.clear_events()
     started = time.monotonic()
     try:
-        qmp.migrate(exec_save_uri(partial))
+        qmp.migrate(transport.save_uri(partial))
         if on_resume is not None:
             qmp.wait_event("RESUME", timeout)
             try:
@@ -63,20 +60,53 @@ def take_background_snapshot(qmp: SnapshotQMP, path: Path, timeout: float,
             except Exception as exc:
                 _raise_if_migration_failed(qmp, exc)
                 raise
-
-        def progress(info: dict) -> None:
-            ram = info.get("ram", {})
-            log("snapshot %s: %.0f/%.0f MiB saved, %.1fs" % (
-                info.get("status"), ram.get("transferred", 0) / 2**20,
-                ram.get("total", 0) / 2**20, time.monotonic() - started))
-
-        info = qmp.wait_migration(timeout, progress=progress)
+        info = qmp.wait_migration(timeout, progress=_progress_logger(log, started))
         total_s = time.monotonic() - started
         os.replace(partial, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             partial.unlink()
         raise
+    return _result(qmp, path, info, total_s)
+
+
+def take_stop_and_save(qmp: SnapshotQMP, transport: Transport, path: Path, timeout: float,
+                       log: Callable[[str], None] = lambda m: None,
+                       resume: bool = True) -> SnapshotResult:
+    """The classic snapshot: stop, migrate to ``path``, (cont).  The pause
+    is the whole save; QEMU's ``downtime`` does not say so."""
+    partial = _partial(path)
+    qmp.enable_plain_migration(transport.capabilities)
+    qmp.clear_events()
+    started = time.monotonic()
+    qmp.stop()
+    try:
+        qmp.migrate(transport.save_uri(partial))
+        info = qmp.wait_migration(timeout, progress=_progress_logger(log, started))
+        total_s = time.monotonic() - started
+        os.replace(partial, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            partial.unlink()
+        raise
+    finally:
+        if resume:
+            qmp.cont()
+    if resume:
+        qmp.wait_event("RESUME", timeout)
+    return _result(qmp, path, info, total_s)
+
+
+def _progress_logger(log: Callable[[str], None], started: float) -> Callable[[dict], None]:
+    def progress(info: dict) -> None:
+        ram = info.get("ram", {})
+        log("snapshot %s: %.0f/%.0f MiB saved, %.1fs" % (
+            info.get("status"), ram.get("transferred", 0) / 2**20,
+            ram.get("total", 0) / 2**20, time.monotonic() - started))
+    return progress
+
+
+def _result(qmp: SnapshotQMP, path: Path, info: dict, total_s: float) -> SnapshotResult:
     events = tuple(qmp.events())
     windows = tuple(pause_windows(events))
     ram = info.get("ram", {})
@@ -108,18 +138,31 @@ def _raise_if_migration_failed(qmp: SnapshotQMP, cause: Exception) -> None:
 
 
 @contextlib.contextmanager
-def restored_vm(vm, path: Path, timeout: float, log: Callable[[str], None] = lambda m: None):
+def restored_vm(vm, transport: Transport, path: Path, timeout: float,
+                log: Callable[[str], None] = lambda m: None):
     """A second QEMU with ``vm``'s configuration, restored from ``path``, paused.
 
     avocado-vt starts every QEMU with -S and leaves an incoming one paused,
     so the restored guest has not executed a single instruction when this
-    yields.  Leaving the block always destroys it.
+    yields.  Leaving the block always stops it.
     """
-    clone = vm.clone()
+    uri = transport.restore_uri(path)
+    params = vm.params.copy()
+    if not transport.restore_is_exec:
+        # file: needs -incoming defer + migrate-incoming (capabilities first)
+        params["extra_params"] = params.get("extra_params", "") + " -incoming defer"
+    clone = vm.clone(params=params)
     try:
-        clone.create(migration_mode="exec", migration_exec_cmd=exec_restore_command(path),
-                     timeout=timeout)
-        qmp = SnapshotQMP(clone.monitor, log)
+        if transport.restore_is_exec:
+            clone.create(migration_mode="exec", migration_exec_cmd=uri[len("exec:"):],
+                         timeout=timeout)
+            qmp = SnapshotQMP(clone.monitor, log)
+        else:
+            clone.create(timeout=timeout)
+            qmp = SnapshotQMP(clone.monitor, log)
+            if transport.capabilities:
+                qmp.set_capabilities({c: True for c in transport.capabilities})
+            qmp.migrate_incoming(uri)
         started = time.monotonic()
         info = qmp.wait_migration(timeout)
         log("restored %s in %.1fs (status %s)" % (path.name, time.monotonic() - started,

@@ -10,7 +10,7 @@ VENV=$BGSNAP_HOME/venv
 # (its bootstrap checks xz tcpdump nc ip arping diff gcc; it runs ps; its serial console
 # is 'nc -U', which needs netcat-openbsd).
 DEB_PACKAGES="qemu-system-x86 qemu-utils busybox-static gcc libc6-dev make xz-utils
- tcpdump netcat-openbsd arping iproute2 diffutils procps cpio python3-venv ca-certificates"
+ tcpdump netcat-openbsd arping iproute2 diffutils procps cpio zstd python3-venv ca-certificates"
 
 say() { printf '\033[1m== %s\033[0m\n' "$*"; }
 

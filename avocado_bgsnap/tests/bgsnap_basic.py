@@ -1,12 +1,15 @@
 """Background snapshot of a running guest, restored and verified exactly.
 
-1. Check the host (QEMU capability, UFFD-WP, accelerator); cancel if unfit.
+1. Check the host (QEMU capability, UFFD-WP, accelerator, the snapshot
+   transport); cancel if unfit.
 2. Boot the guest, start the memory workload, wait until it is filled.
 3. Read the writers' steps, trigger a background snapshot through QMP, read
    the steps again right after RESUME, wait for ``completed``.
 4. The source kept running (its steps advanced) and still verifies clean.
-5. (negative control, ``bgsnap_damage_snapshot``) flip one byte of a guest
-   page in the snapshot file.
+5. Negative controls (``bgsnap_negative_control``): ``damage_file`` flips
+   one byte of a guest page in the file (``damage_in_transit`` did it in the
+   save pipeline); ``late_image`` takes a stop-and-save image a few seconds
+   after the trigger and restores that instead.  They PASS when caught.
 6. Restore into a second QEMU, kept paused; dump its RAM and verify on the
    host: exact content, and the restored steps lie between the steps read
    before the trigger and right after RESUME (the image is the START state).
@@ -30,7 +33,8 @@ def run(test, params, env):
     error_context.context("Check the host", test.log.info)
     try:
         facts = preflight.check_host(params["qemu_binary"], cfg.accel, Path(params["kernel"]),
-                                     Path(params["initrd"]), cfg.kvm_probe_timeout_s)
+                                     Path(params["initrd"]), cfg.kvm_probe_timeout_s,
+                                     cfg.transport)
     except preflight.HostUnsupported as exc:
         test.cancel(str(exc))
     test.log.info("Host: %s", facts.summary())
@@ -51,8 +55,10 @@ def run(test, params, env):
         cycle.snapshot()
         error_context.context("Check the source guest", test.log.info)
         cycle.check_source()
-        if cfg.damage_snapshot:
+        if cfg.negative_control == "damage_file":
             cycle.damage_snapshot()
+        elif cfg.negative_control == "late_image":
+            cycle.take_late_image()
         error_context.context("Restore and verify", test.log.info)
         cycle.restore_and_verify()
         failure = cycle.verdict()

@@ -60,7 +60,8 @@ def test_plugins_and_listing():
     plugins = avocado("plugins")
     assert "bgsnap" in plugins.stdout
     listing = avocado("list")
-    for name in ("bgsnap.basic.small", "bgsnap.basic.1g", "bgsnap.damaged_snapshot.small"):
+    for name in ("bgsnap.basic.small", "bgsnap.basic.1g", "bgsnap.negative.damaged_file.small",
+                 "bgsnap.transport.zstd.small"):
         assert name in listing.stdout, listing.stdout + listing.stderr
     check = avocado("bgsnap", "host-check", "--json")
     assert check.returncode == 0, check.stderr
@@ -68,14 +69,18 @@ def test_plugins_and_listing():
     assert facts["qemu"]["background_snapshot"] and facts["accel"]["accel"] in ("kvm", "tcg")
 
 
-def test_snapshot_restore_verify_and_negative_control(tmp_path):
-    data, job = run_job(tmp_path, "bgsnap.basic.small", "bgsnap.damaged_snapshot.small")
+NEGATIVE = ("bgsnap.negative.damaged_file.small", "bgsnap.negative.damaged_in_transit.small",
+            "bgsnap.negative.late_image.small")
+
+
+def test_snapshot_restore_verify_and_negative_controls(tmp_path):
+    data, job = run_job(tmp_path, "bgsnap.basic.small", *NEGATIVE)
     tests = by_name(data)
-    assert [t["status"] for t in tests.values()] == ["PASS", "PASS"], \
+    assert [t["status"] for t in tests.values()] == ["PASS"] * 4, \
         [(n, t["status"], t["fail_reason"]) for n, t in tests.items()]
 
     basic = metrics_of(tests["bgsnap.basic.small"])
-    assert basic["verdict"] == "pass"
+    assert basic["verdict"] == "pass" and basic["point_in_time"] == "ok"
     assert basic["host_verify"].startswith("CLEAN") and basic["guest_verify"].startswith("CLEAN")
     assert basic["source_verify"].startswith("CLEAN")
     assert 0 < basic["pause_ms"] < 1000 and basic["downtime_ms"] is not None
@@ -87,9 +92,15 @@ def test_snapshot_restore_verify_and_negative_control(tmp_path):
     # written once, identical on the whiteboard
     assert json.loads(tests["bgsnap.basic.small"]["whiteboard"]) == basic
 
-    damaged = metrics_of(tests["bgsnap.damaged_snapshot.small"])
+    damaged = metrics_of(tests["bgsnap.negative.damaged_file.small"])
     assert damaged["host_verify"].startswith("BAD: 1 bad page")
     assert damaged["damaged_file_offset"] > 0
+    in_transit = metrics_of(tests["bgsnap.negative.damaged_in_transit.small"])
+    assert in_transit["host_verify"].startswith("BAD: 1 bad page")
+    late = metrics_of(tests["bgsnap.negative.late_image.small"])
+    assert late["host_verify"].startswith("CLEAN")  # consistent, but late:
+    assert "not the START state" in late["point_in_time"]
+    assert late["restored_steps"][0] > late["steps_after_resume"][0]
     # the snapshot files are not kept
     assert not list(job.glob("**/bgsnap-snapshot.bin*"))
 
@@ -124,3 +135,31 @@ def test_save_failure_leaves_no_partial_snapshot(tmp_path):
     finally:
         subprocess.run(["umount", str(target)], check=False)
         target.rmdir()
+
+
+def test_transports_and_patterns(tmp_path):
+    """zstd through an exec: pipeline; the file: URI where this QEMU has it
+    (else cancelled with the reason); two writers with the mixed pattern."""
+    data, _ = run_job(tmp_path, "bgsnap.transport.zstd.small", "bgsnap.transport.file_uri.small",
+                      "bgsnap.basic.mixed.small")
+    tests = by_name(data)
+    assert tests["bgsnap.transport.zstd.small"]["status"] == "PASS"
+    assert tests["bgsnap.basic.mixed.small"]["status"] == "PASS"
+    zstd = metrics_of(tests["bgsnap.transport.zstd.small"])
+    assert zstd["host_verify"].startswith("CLEAN")
+    file_uri = tests["bgsnap.transport.file_uri.small"]
+    if file_uri["status"] == "CANCEL":
+        assert "needs QEMU 8.2.0+" in file_uri["fail_reason"]
+    else:
+        assert file_uri["status"] == "PASS", file_uri["fail_reason"]
+
+
+def test_bad_transport_template_fails_before_any_vm(tmp_path):
+    before = qemu_pids()
+    data, _ = run_job(tmp_path, "bgsnap.basic.small",
+                      extra=["bgsnap_save_uri=exec:no-such-tool-xyz > {path}",
+                             "bgsnap_restore_uri=exec:cat {path}"])
+    (test,) = data["tests"]
+    assert test["status"] == "ERROR"
+    assert "command 'no-such-tool-xyz' not found on this host" in test["fail_reason"]
+    assert qemu_pids() == before

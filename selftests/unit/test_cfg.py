@@ -16,17 +16,29 @@ def dicts(only=None):
 
 def test_test_names_and_types():
     names = {d["shortname"]: d for d in dicts()}
-    assert {"bgsnap.basic.small", "bgsnap.basic.1g", "bgsnap.damaged_snapshot.small"} <= set(names)
+    assert {"bgsnap.basic.small", "bgsnap.basic.1g", "bgsnap.basic.mixed.small",
+            "bgsnap.transport.zstd.small", "bgsnap.negative.damaged_file.small",
+            "bgsnap.negative.late_image.small"} <= set(names)
     assert all(d["type"].startswith("bgsnap_") for d in names.values())
     assert (paths.PACKAGE_DIR / "tests" / "bgsnap_basic.py").is_file()
 
 
-def test_negative_control_expects_damage():
-    (d,) = dicts("damaged_snapshot.small")
-    assert d["bgsnap_damage_snapshot"] == "yes" and d["bgsnap_expect"] == "damage-caught"
+def test_negative_controls_and_transports_parse_into_settings():
+    from virttest.utils_params import Params
+
+    from avocado_bgsnap import settings
+
+    for d in dicts():
+        cfg = settings.from_params(Params(d))  # every variant is a valid config
+        if ".negative." in d["shortname"]:
+            assert cfg.negative_control != "none"
+        else:
+            assert cfg.negative_control == "none"
+    d = {x["shortname"]: x for x in dicts()}["bgsnap.negative.damaged_in_transit.small"]
+    assert settings.from_params(Params(d)).transport.name == "damaged_in_transit"
 
 
 def test_sizes():
-    (d,) = dicts("basic.1g")
+    d = {x["shortname"]: x for x in dicts()}["bgsnap.basic.1g"]
     assert (d["mem"], d["bgsnap_workload_mib"]) == ("1024", "768")
     assert d["start_vm"] == "no"  # the test boots after choosing the accelerator

@@ -55,7 +55,8 @@ def spawned(monkeypatch):
             super().__init__(*args, **kwargs)
             procs.append(self)
 
-    monkeypatch.setattr(host.subprocess, "Popen", RecordingPopen)
+    # host.qemu and host.accel both look Popen up on the subprocess module.
+    monkeypatch.setattr(subprocess, "Popen", RecordingPopen)
     return procs
 
 
@@ -369,15 +370,15 @@ def fake_kvm(tmp_path, monkeypatch, spawned):
     """/dev/kvm replaced by an openable file; yields a fake-QEMU factory."""
     device = tmp_path / "kvm"
     device.write_text("")
-    monkeypatch.setattr(host, "KVM_DEVICE", str(device))
+    monkeypatch.setattr(host.accel, "KVM_DEVICE", str(device))
     workdirs = []
-    real_mkdtemp = host.tempfile.mkdtemp
+    real_mkdtemp = host.accel.tempfile.mkdtemp
 
     def mkdtemp(*args, **kwargs):
         workdirs.append(real_mkdtemp(*args, **kwargs))
         return workdirs[-1]
 
-    monkeypatch.setattr(host.tempfile, "mkdtemp", mkdtemp)
+    monkeypatch.setattr(host.accel.tempfile, "mkdtemp", mkdtemp)
     argv_file = tmp_path / "argv"
 
     def make(body: str) -> host.QemuInfo:
@@ -425,7 +426,7 @@ def test_probe_kvm_early_exit(fake_kvm):
 
 
 def test_probe_kvm_without_device(tmp_path, monkeypatch, spawned):
-    monkeypatch.setattr(host, "KVM_DEVICE", str(tmp_path / "no-kvm"))
+    monkeypatch.setattr(host.accel, "KVM_DEVICE", str(tmp_path / "no-kvm"))
     choice = host.probe_kvm(make_qemu_info(), "/k", "/i", "X", timeout=10)
     assert choice.accel == "tcg" and "missing" in choice.reason
     assert spawned == []
@@ -535,5 +536,5 @@ def test_import_does_no_work():
         import avocado_bgsnap.host as h
         assert "avocado" not in sys.modules, "host.py must not import avocado"
     """)
-    root = Path(host.__file__).resolve().parent.parent
+    root = Path(host.__file__).resolve().parents[2]  # avocado_bgsnap/host/__init__.py
     subprocess.run([sys.executable, "-c", code], cwd=root, check=True)

@@ -15,7 +15,8 @@ def params(**extra):
 def test_defaults():
     cfg = settings.from_params(params())
     assert cfg.guest_mem_mib == 256 and cfg.workload.mib == 128
-    assert cfg.accel == "auto" and cfg.expect == "clean" and not cfg.damage_snapshot
+    assert cfg.accel == "auto" and cfg.negative_control == "none"
+    assert cfg.transport.name == "file"
     assert cfg.max_pause_ms == 0
 
 
@@ -26,7 +27,10 @@ def test_each_run_gets_its_own_nonce():
 @pytest.mark.parametrize("extra, message", [
     ({"bgsnap_accel": "xen"}, "bgsnap_accel"),
     ({"bgsnap_workload_mib": 300}, "must be below mem"),
-    ({"bgsnap_expect": "maybe"}, "bgsnap_expect"),
+    ({"bgsnap_negative_control": "maybe"}, "bgsnap_negative_control"),
+    ({"bgsnap_transport": "carrier-pigeon"}, "unknown transport"),
+    ({"bgsnap_save_uri": "exec:cat > {path}"}, "set both"),
+    ({"bgsnap_save_uri": "tcp:{path}", "bgsnap_restore_uri": "exec:cat {path}"}, "must start"),
     ({"bgsnap_pattern": "zigzag"}, "pattern"),
     ({"max_pause_ms": "fast"}, "invalid bgsnap cfg"),
 ])
