@@ -15,6 +15,9 @@ ACCELERATORS = ("auto", "kvm", "tcg")
 # What a negative-control variant does to the snapshot; the test then PASSes
 # only when the verifier catches it.
 NEGATIVE_CONTROLS = ("none", "damage_file", "damage_in_transit", "late_image")
+# background: the feature under test; stop_save: stop, migrate to the file,
+# cont; precopy: live migration into the file (its END state is the image).
+MODES = ("background", "stop_save", "precopy")
 
 
 class SettingsError(ValueError):
@@ -35,6 +38,9 @@ class BgsnapSettings:
     negative_control: str      # one of NEGATIVE_CONTROLS
     late_image_delay_s: float  # late_image: stop-and-save this long after the trigger
     transport: transports.Transport
+    mode: str                  # one of MODES
+    qemu_build: str            # a label for reports (system, qemu10_0_2, ...)
+    repetition: int            # which repetition of a measured point
     keep_snapshot: bool
     snapshot_dir: Path | None  # None = the test's workdir
 
@@ -96,6 +102,9 @@ def from_params(params) -> BgsnapSettings:
             negative_control=negative,
             late_image_delay_s=params.get_numeric("bgsnap_late_image_delay", 2, float),
             transport=_transport(params, negative),
+            mode=_choice(params, "bgsnap_mode", "background", MODES),
+            qemu_build=params.get("bgsnap_qemu_build", "system"),
+            repetition=int(params.get_numeric("bgsnap_repetition", 1)),
             keep_snapshot=params.get_boolean("bgsnap_keep_snapshot", False),
             snapshot_dir=Path(snapshot_dir) if snapshot_dir else None,
         )

@@ -70,16 +70,23 @@ def take_background_snapshot(qmp: SnapshotQMP, transport: Transport, path: Path,
     return _result(qmp, path, info, total_s)
 
 
-def take_stop_and_save(qmp: SnapshotQMP, transport: Transport, path: Path, timeout: float,
-                       log: Callable[[str], None] = lambda m: None,
-                       resume: bool = True) -> SnapshotResult:
-    """The classic snapshot: stop, migrate to ``path``, (cont).  The pause
-    is the whole save; QEMU's ``downtime`` does not say so."""
+def take_migration_image(qmp: SnapshotQMP, transport: Transport, path: Path, timeout: float,
+                         log: Callable[[str], None] = lambda m: None, stop_first: bool = True,
+                         resume: bool = True, extra_caps: tuple[str, ...] = ()) -> SnapshotResult:
+    """A snapshot without background-snapshot.
+
+    ``stop_first``: the classic snapshot (stop, migrate, cont): the pause is
+    the whole save, and QEMU's ``downtime`` does not say so.  Otherwise a
+    precopy migration of the running guest into the file: QEMU stops it at
+    the end (the image is that END state) and leaves it in postmigrate;
+    ``resume`` continues it.
+    """
     partial = _partial(path)
-    qmp.enable_plain_migration(transport.capabilities)
+    qmp.enable_plain_migration(tuple(transport.capabilities) + tuple(extra_caps))
     qmp.clear_events()
     started = time.monotonic()
-    qmp.stop()
+    if stop_first:
+        qmp.stop()
     try:
         qmp.migrate(transport.save_uri(partial))
         info = qmp.wait_migration(timeout, progress=_progress_logger(log, started))

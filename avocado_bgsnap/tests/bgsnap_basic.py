@@ -52,7 +52,7 @@ def run(test, params, env):
         vm.create(params=params.object_params(vm.name))
         cycle.boot_and_fill(boot_started)
         error_context.context("Take a background snapshot", test.log.info)
-        cycle.snapshot()
+        cycle.take_snapshot()
         error_context.context("Check the source guest", test.log.info)
         cycle.check_source()
         if cfg.negative_control == "damage_file":
