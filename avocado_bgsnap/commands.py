@@ -7,7 +7,7 @@ from pathlib import Path
 
 from avocado.core.output import LOG_UI
 
-from . import host, metrics, paths, preflight, vtsetup
+from . import host, metrics, paths, preflight, qemu_builds, vt_compat, vtsetup
 from .guest import build as guest_build
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
@@ -78,18 +78,88 @@ def summary(config) -> int:
     return EXIT_OK
 
 
+def _added(build: qemu_builds.QemuBuild, wrapper: Path) -> None:
+    LOG_UI.info("added QEMU build %s: %s (%s)", build.name, build.version_text, build.source)
+    LOG_UI.info("  binary   %s %s", build.binary, " ".join(build.extra_args))
+    for key, value in build.env.items():
+        LOG_UI.info("  env      %s=%s", key, value)
+    LOG_UI.info("  modules  %s (its own + placeholders masking the system QEMU's)",
+                qemu_builds.module_overlay_dir(build.name))
+    LOG_UI.info("  wrapper  %s", wrapper)
+    LOG_UI.info("  tests    avocado list %s   (e.g. avocado run %s.bgsnap.basic.small)",
+                build.name, build.name)
+
+
+def qemu_add(config) -> int:
+    backports, folder = _opt(config, "qemu_backports"), _opt(config, "qemu_dir")
+    if bool(backports) == bool(folder):
+        LOG_UI.error("usage: avocado bgsnap qemu-add --backports | --dir PATH [--name NAME]")
+        return EXIT_USAGE
+    name = _opt(config, "qemu_name")
+    if backports:
+        build = qemu_builds.fetch_debian_backports(qemu_builds.backports_dir(), LOG_UI.info,
+                                                   name=name)
+        if build is None:
+            return EXIT_OK
+    else:
+        build = qemu_builds.build_from_dir(Path(folder), name=name)
+    wrapper = qemu_builds.register(build)
+    vtsetup.refresh_qemu_builds(LOG_UI.info)
+    _added(build, wrapper)
+    return EXIT_OK
+
+
+def _system_row() -> tuple[str, str, str, str]:
+    wrapper = paths.bgsnap_home() / "bin" / host.DEFAULT_QEMU
+    binary = (vt_compat.real_qemu_binary(str(wrapper)) if wrapper.is_file()
+              else shutil.which(host.DEFAULT_QEMU))
+    if not binary:
+        return (qemu_builds.SYSTEM, "not found", "system", "-")
+    try:
+        version = host.probe_qemu(binary).version_text
+    except host.HostCheckError as exc:
+        version = f"unusable: {exc.message}"
+    return (qemu_builds.SYSTEM, version, "system", binary)
+
+
+def qemu_list(config) -> int:
+    rows = [("NAME", "VERSION", "SOURCE", "BINARY"), _system_row()]
+    for build in qemu_builds.load_builds():
+        missing = "" if Path(build.binary).is_file() else "  (MISSING)"
+        rows.append((build.name, build.version_text, build.source, build.binary + missing))
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    for row in rows:
+        LOG_UI.info("%s  %s  %s  %s", *(c.ljust(w) for c, w in zip(row, widths)), row[3])
+    if len(rows) > 2:
+        LOG_UI.info("test names: <name>.<test> per build (e.g. %s.bgsnap.basic.small); the "
+                    "system QEMU keeps the plain names (system.<test> selects it alone)",
+                    rows[2][0])
+    return EXIT_OK
+
+
+def qemu_remove(config) -> int:
+    build = qemu_builds.unregister(_opt(config, "qemu_build"))
+    vtsetup.refresh_qemu_builds(LOG_UI.info)
+    LOG_UI.info("removed QEMU build %s (%s, %s)", build.name, build.version_text, build.binary)
+    return EXIT_OK
+
+
 def dispatch(subcommand: str | None, config) -> int:
     handlers = {
         "host-check": host_check,
         "build-guest": lambda c: build_guest(c) and EXIT_OK,
         "setup": setup,
         "summary": summary,
+        "qemu-add": qemu_add,
+        "qemu-list": qemu_list,
+        "qemu-remove": qemu_remove,
     }
     if subcommand not in handlers:
         LOG_UI.error("usage: avocado bgsnap {%s}", ",".join(handlers))
         return EXIT_USAGE
     try:
         return handlers[subcommand](config)
-    except (guest_build.GuestBuildError, vtsetup.VtSetupError) as exc:
+    except (guest_build.GuestBuildError, vtsetup.VtSetupError,
+            qemu_builds.QemuBuildError) as exc:
         LOG_UI.error("%s", exc)
         return EXIT_FAIL

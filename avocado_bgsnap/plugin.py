@@ -23,6 +23,14 @@ OPTIONS = (
      "Debian's cloud kernel", "--kernel"),
     ("json", bool, False, "Print host-check facts as JSON", "--json"),
     ("job", str, None, "A job results directory (default: the latest job)", "--job"),
+    ("qemu_backports", bool, False, "Debian 12: fetch QEMU from bookworm-backports and unpack "
+     "it into BGSNAP_HOME/qemu (nothing is installed)", "--backports"),
+    ("qemu_dir", str, None, "A QEMU build folder: unpacked Debian packages (usr/bin/...), an "
+     "install prefix (bin/...) or a build tree (qemu-system-x86_64 + pc-bios/)", "--dir"),
+    ("qemu_name", str, None, "Name of the build in test names (default: qemuMAJOR_MINOR_MICRO)",
+     "--name"),
+    # a long option without a leading '-' is a positional argument
+    ("qemu_build", str, None, "Name of the build (see 'avocado bgsnap qemu-list')", "NAME"),
 )
 SUBCOMMANDS = {
     "host-check": ("Check QEMU, userfaultfd write-protect and the accelerator",
@@ -33,7 +41,28 @@ SUBCOMMANDS = {
               ("qemu_binary", "kernel")),
     "summary": ("Print each test's figures of a job (default: the latest job)",
                 ("job",)),
+    "qemu-add": ("Add a side-by-side QEMU build (--backports or --dir PATH): its tests are "
+                 "named <build>.bgsnap...", ("qemu_backports", "qemu_dir", "qemu_name")),
+    "qemu-list": ("List the QEMU builds the suite tests", ()),
+    "qemu-remove": ("Remove a side-by-side QEMU build", ("qemu_build",)),
 }
+
+
+def _add_argument(sub, key, key_type, help_msg, long_arg):
+    """One option of a sub-command, bound to ``bgsnap.<key>``.
+
+    avocado binds one parser per registered option, but several sub-commands
+    share these: plain arguments whose dest is the option's namespace are
+    merged into the settings by avocado (Settings.merge_with_arguments) when
+    given.  A ``long_arg`` without a leading '-' is a positional argument.
+    """
+    kind = {"action": "store_true"} if key_type is bool else {"type": key_type}
+    if long_arg.startswith("-") and key_type is not bool:
+        kind["metavar"] = long_arg.lstrip("-").upper().replace("-", "_")
+    if long_arg.startswith("-"):
+        sub.add_argument(long_arg, dest=f"{SECTION}.{key}", default=None, help=help_msg, **kind)
+    else:
+        sub.add_argument(f"{SECTION}.{key}", metavar=long_arg, help=help_msg, **kind)
 
 
 class BgsnapInit(Init):
@@ -48,7 +77,7 @@ class BgsnapInit(Init):
 
 class Bgsnap(CLICmd):
     name = "bgsnap"
-    description = "QEMU background-snapshot suite: host check, guest build, setup"
+    description = "QEMU background-snapshot suite: host check, guest build, setup, QEMU builds"
 
     def configure(self, parser):
         parser = super().configure(parser)
@@ -58,14 +87,7 @@ class Bgsnap(CLICmd):
         for name, (help_msg, keys) in SUBCOMMANDS.items():
             sub = subcommands.add_parser(name, help=help_msg)
             for key in keys:
-                key_type, opt_help, long_arg = options[key]
-                # avocado binds one parser per registered option, but several
-                # sub-commands share these: plain arguments whose dest is the
-                # option's namespace are merged into the settings by avocado
-                # (Settings.merge_with_arguments) when given.
-                kind = {"action": "store_true"} if key_type is bool else {"type": key_type}
-                sub.add_argument(long_arg, dest=f"{SECTION}.{key}", default=None,
-                                 help=opt_help, **kind)
+                _add_argument(sub, key, *options[key])
 
     def run(self, config):
         from . import commands  # heavy imports only when the command runs
