@@ -4,9 +4,10 @@ A missing prerequisite raises :class:`HostUnsupported`; the test turns it
 into ``test.cancel(reason)``, never a failure.
 """
 
+import os
 from pathlib import Path
 
-from . import host, paths, vt_compat
+from . import host, paths, qemu_builds, vt_compat
 from .guest.build import GUEST_READY_MARKER
 from .transport import Transport
 
@@ -35,6 +36,18 @@ def choose_accelerator(requested: str, qemu: host.QemuInfo, kernel: Path, initrd
     return host.resolve_accelerator(requested, probe)
 
 
+def _probe_target(qemu_binary: str) -> tuple[str, tuple, dict | None]:
+    """(binary, extra_args, env) to probe: a side-by-side build's wrapper is
+    probed as its binary with the build's -L folders and module dir (so the
+    KVM probe boots it exactly as the test will), the stall wrapper of the
+    system QEMU as the binary behind it."""
+    build = qemu_builds.build_for_wrapper(qemu_binary)
+    if build is not None:
+        return (build.binary, tuple(build.extra_args),
+                {**os.environ, **qemu_builds.wrapper_env(build)})
+    return vt_compat.real_qemu_binary(qemu_binary), (), None
+
+
 def check_host(qemu_binary: str, requested_accel: str, kernel: Path, initrd: Path,
                probe_timeout: float = 20.0,
                snapshot_transport: Transport | None = None) -> host.HostFacts:
@@ -43,7 +56,8 @@ def check_host(qemu_binary: str, requested_accel: str, kernel: Path, initrd: Pat
     With ``snapshot_transport``, a transport the QEMU lacks is unsupported too.
     """
     try:
-        qemu = host.probe_qemu(vt_compat.real_qemu_binary(qemu_binary))
+        binary, extra_args, env = _probe_target(qemu_binary)
+        qemu = host.probe_qemu(binary, extra_args=extra_args, env=env)
     except host.HostCheckError as exc:
         raise HostUnsupported(f"QEMU unusable: {exc}") from exc
     uffd = host.probe_uffd()

@@ -250,6 +250,15 @@ def write_module_overlay(dest: Path, own: Path | None, masked: set[str]) -> Path
     return dest
 
 
+def build_for_wrapper(wrapper: str, home: Path | None = None) -> QemuBuild | None:
+    """The registered build whose wrapper is ``wrapper``, or None."""
+    target = Path(wrapper).resolve()
+    for build in load_builds(manifest_path(home)):
+        if build.name != SYSTEM and wrapper_path(build.name, home).resolve() == target:
+            return build
+    return None
+
+
 def wrapper_env(build: QemuBuild, home: Path | None = None) -> dict[str, str]:
     """The build's environment with QEMU_MODULE_DIR on a fresh module overlay."""
     own = build.env.get("QEMU_MODULE_DIR")

@@ -36,8 +36,8 @@ def run_job(tmp_path, *refs, extra=()) -> tuple[dict, Path]:
     before = qemu_pids()
     results = tmp_path / "results"
     cmd = ["run", "--job-results-dir", str(results), *refs]
-    if extra:
-        cmd += ["--vt-extra-params", *extra]
+    for item in extra:  # the option appends one key=value per use
+        cmd += ["--vt-extra-params", item]
     proc = avocado(*cmd)
     jobs = [p for p in results.iterdir() if p.name.startswith("job-")] if results.is_dir() else []
     assert len(jobs) == 1, f"avocado ran no job: {proc.stdout[-1500:]} {proc.stderr[-1500:]}"
