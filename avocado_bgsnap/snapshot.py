@@ -32,11 +32,21 @@ class SnapshotResult:
     raw_events: tuple[dict, ...] = field(default=(), repr=False)
 
 
-def _partial(path: Path) -> Path:
+@contextlib.contextmanager
+def _written_atomically(path: Path):
+    """Yield ``<path>.partial`` to write; rename it to ``path`` when the block
+    succeeds, remove it when it fails: a half-written file never carries the
+    snapshot's name."""
     partial = path.with_name(path.name + ".partial")
     with contextlib.suppress(FileNotFoundError):
         partial.unlink()
-    return partial
+    try:
+        yield partial
+        os.replace(partial, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            partial.unlink()
+        raise
 
 
 def take_background_snapshot(qmp: SnapshotQMP, transport: Transport, path: Path, timeout: float,
@@ -47,11 +57,10 @@ def take_background_snapshot(qmp: SnapshotQMP, transport: Transport, path: Path,
     ``on_resume`` is called as soon as QEMU's RESUME event is seen (the guest
     runs again, the RAM is still being saved).
     """
-    partial = _partial(path)
     qmp.enable_background_snapshot(transport.capabilities)
     qmp.clear_events()
     started = time.monotonic()
-    try:
+    with _written_atomically(path) as partial:
         qmp.migrate(transport.save_uri(partial))
         if on_resume is not None:
             qmp.wait_event("RESUME", timeout)
@@ -62,11 +71,6 @@ def take_background_snapshot(qmp: SnapshotQMP, transport: Transport, path: Path,
                 raise
         info = qmp.wait_migration(timeout, progress=_progress_logger(log, started))
         total_s = time.monotonic() - started
-        os.replace(partial, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            partial.unlink()
-        raise
     return _result(qmp, path, info, total_s)
 
 
@@ -81,21 +85,16 @@ def take_migration_image(qmp: SnapshotQMP, transport: Transport, path: Path, tim
     the end (the image is that END state) and leaves it in postmigrate;
     ``resume`` continues it.
     """
-    partial = _partial(path)
     qmp.enable_plain_migration(tuple(transport.capabilities) + tuple(extra_caps))
     qmp.clear_events()
     started = time.monotonic()
     if stop_first:
         qmp.stop()
     try:
-        qmp.migrate(transport.save_uri(partial))
-        info = qmp.wait_migration(timeout, progress=_progress_logger(log, started))
-        total_s = time.monotonic() - started
-        os.replace(partial, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            partial.unlink()
-        raise
+        with _written_atomically(path) as partial:
+            qmp.migrate(transport.save_uri(partial))
+            info = qmp.wait_migration(timeout, progress=_progress_logger(log, started))
+            total_s = time.monotonic() - started
     finally:
         if resume:
             qmp.cont()
