@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import uuid
 from pathlib import Path
 
 import pytest
@@ -22,27 +23,41 @@ pytestmark = pytest.mark.skipif(
     reason="suite not set up: run scripts/run-tests.sh (it runs 'avocado bgsnap setup')")
 
 
-def qemu_pids() -> set[int]:
+def qemu_pids(tag: str | None = None) -> set[int]:
+    """QEMU processes; with ``tag``, only those started by a job of ours
+    (they inherit BGSNAP_JOB_TAG), so other QEMUs on the host do not count."""
     out = subprocess.run(["pgrep", "-f", "qemu-system"], capture_output=True, text=True).stdout
-    return {int(p) for p in out.split()}
+    pids = {int(p) for p in out.split()}
+    if tag is None:
+        return pids
+    mine = set()
+    for pid in pids:
+        try:
+            if f"BGSNAP_JOB_TAG={tag}".encode() in Path(f"/proc/{pid}/environ").read_bytes():
+                mine.add(pid)
+        except OSError:
+            pass
+    return mine
 
 
-def avocado(*args, timeout=900) -> subprocess.CompletedProcess:
-    return subprocess.run([AVOCADO, *args], capture_output=True, text=True, timeout=timeout)
+def avocado(*args, timeout=900, tag: str = "") -> subprocess.CompletedProcess:
+    env = {**os.environ, "BGSNAP_JOB_TAG": tag}
+    return subprocess.run([AVOCADO, *args], capture_output=True, text=True, timeout=timeout,
+                          env=env)
 
 
 def run_job(tmp_path, *refs, extra=()) -> tuple[dict, Path]:
     """Run refs in one job; return (results.json, job dir); assert no QEMU leaked."""
-    before = qemu_pids()
+    tag = uuid.uuid4().hex
     results = tmp_path / "results"
     cmd = ["run", "--job-results-dir", str(results), *refs]
     for item in extra:  # the option appends one key=value per use
         cmd += ["--vt-extra-params", item]
-    proc = avocado(*cmd)
+    proc = avocado(*cmd, tag=tag)
     jobs = [p for p in results.iterdir() if p.name.startswith("job-")] if results.is_dir() else []
     assert len(jobs) == 1, f"avocado ran no job: {proc.stdout[-1500:]} {proc.stderr[-1500:]}"
     job = jobs[0]
-    leaked = qemu_pids() - before
+    leaked = qemu_pids(tag)
     assert not leaked, f"QEMU processes left behind: {leaked}"
     data = json.loads((job / "results.json").read_text())
     assert data["tests"], proc.stdout + proc.stderr
@@ -157,11 +172,10 @@ def test_transports_and_patterns(tmp_path):
 
 
 def test_bad_transport_template_fails_before_any_vm(tmp_path):
-    before = qemu_pids()
-    data, _ = run_job(tmp_path, "bgsnap.basic.small",
+    data, job = run_job(tmp_path, "bgsnap.basic.small",
                       extra=["bgsnap_save_uri=exec:no-such-tool-xyz > {path}",
                              "bgsnap_restore_uri=exec:cat {path}"])
     (test,) = data["tests"]
     assert test["status"] == "ERROR"
     assert "command 'no-such-tool-xyz' not found on this host" in test["fail_reason"]
-    assert qemu_pids() == before
+    assert "Running qemu command" not in Path(test["logfile"]).read_text()
