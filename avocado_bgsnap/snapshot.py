@@ -155,8 +155,10 @@ def restored_vm(vm, transport: Transport, path: Path, timeout: float,
     uri = transport.restore_uri(path)
     params = vm.params.copy()
     if not transport.restore_is_exec:
-        # file: needs -incoming defer + migrate-incoming (capabilities first)
+        # file: needs -incoming defer + migrate-incoming (capabilities first);
+        # without paused_after_start_vm, create() would 'cont' an 'inmigrate' VM
         params["extra_params"] = params.get("extra_params", "") + " -incoming defer"
+        params["paused_after_start_vm"] = "yes"
     clone = vm.clone(params=params)
     try:
         if transport.restore_is_exec:
@@ -170,13 +172,31 @@ def restored_vm(vm, transport: Transport, path: Path, timeout: float,
                 qmp.set_capabilities({c: True for c in transport.capabilities})
             qmp.migrate_incoming(uri)
         started = time.monotonic()
-        info = qmp.wait_migration(timeout)
+        try:
+            info = qmp.wait_migration(timeout)
+        except QMPStepError as exc:
+            if _exits_soon(clone):
+                output = clone.process.get_output() if clone.process else ""
+                raise MigrationFailed("restore failed, the restoring QEMU exited: "
+                                      + " ".join(output.split())[-500:]) from exc
+            raise
         log("restored %s in %.1fs (status %s)" % (path.name, time.monotonic() - started,
                                                   qmp.status()))
         yield clone, qmp, info
     finally:
         vt_compat.shutdown_bounded(clone)
         clone.destroy(gracefully=False)
+
+
+def _exits_soon(vm, within_s: float = 3.0) -> bool:
+    """True when ``vm``'s QEMU is gone or goes within ``within_s`` (a QMP
+    error often arrives just before the process is reaped)."""
+    deadline = time.monotonic() + within_s
+    while not vm.is_dead():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
 
 
 def damage_guest_page(path: Path, needle: bytes, offset_in_page: int = 512) -> int:
