@@ -25,11 +25,17 @@ setup(
         "pillow",
         # avocado 113 imports pkg_resources, gone in setuptools 82
         "setuptools<81",
+        # avocado bgsnap report: PNG plots (Agg canvas, no display) and the
+        # Mann-Whitney U test of the A/B verdict (docs/report.md)
+        "matplotlib",
+        "scipy",
     ],
     extras_require={"test": ["pytest"]},
     entry_points={
         "avocado.plugins.settings": ["bgsnap-settings = avocado_bgsnap.plugin_settings:BgsnapSettings"],
         "avocado.plugins.init": ["bgsnap = avocado_bgsnap.plugin:BgsnapInit"],
         "avocado.plugins.cli.cmd": ["bgsnap = avocado_bgsnap.plugin:Bgsnap"],
+        "avocado.plugins.result": [
+            "bgsnap-report = avocado_bgsnap.report.result_plugin:BgsnapReportResult"],
     },
 )

@@ -78,6 +78,25 @@ def summary(config) -> int:
     return EXIT_OK
 
 
+def report(config) -> int:
+    from .report import build as report_build  # matplotlib/scipy only when asked for
+    from .report.collect import ReportError
+
+    jobs = _opt(config, "report_jobs") or [str(paths.results_dir() / "latest")]
+    try:
+        result = report_build.make_report(jobs, _opt(config, "report_compare") or (),
+                                          _opt(config, "report_output"))
+    except ReportError as exc:
+        LOG_UI.error("%s", exc)
+        return EXIT_FAIL
+    for line in result.answers:
+        LOG_UI.info("%s", line)
+    for what in ("html", "markdown", "csv", "json"):
+        LOG_UI.info("%-8s %s", what, result.files[what])
+    LOG_UI.info("plots    %s", " ".join(p.name for p in result.plots) or "none")
+    return EXIT_OK
+
+
 def _added(build: qemu_builds.QemuBuild, wrapper: Path) -> None:
     LOG_UI.info("added QEMU build %s: %s (%s)", build.name, build.version_text, build.source)
     LOG_UI.info("  binary   %s %s", build.binary, " ".join(build.extra_args))
@@ -150,6 +169,7 @@ def dispatch(subcommand: str | None, config) -> int:
         "build-guest": lambda c: build_guest(c) and EXIT_OK,
         "setup": setup,
         "summary": summary,
+        "report": report,
         "qemu-add": qemu_add,
         "qemu-list": qemu_list,
         "qemu-remove": qemu_remove,

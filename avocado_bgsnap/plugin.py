@@ -23,6 +23,12 @@ OPTIONS = (
      "Debian's cloud kernel", "--kernel"),
     ("json", bool, False, "Print host-check facts as JSON", "--json"),
     ("job", str, None, "A job results directory (default: the latest job)", "--job"),
+    ("report_jobs", list, None, "A job dir, or a results dir of job-* dirs, to report on "
+     "(repeatable; default: the latest job)", "--job"),
+    ("report_compare", list, None, "Baseline (A) job dir(s) to compare the --job runs (B) "
+     "against (repeatable)", "--compare"),
+    ("report_output", str, None, "Report folder (default: <first --job>/bgsnap-report)",
+     "--output"),
     ("qemu_backports", bool, False, "Debian 12: fetch QEMU from bookworm-backports and unpack "
      "it into BGSNAP_HOME/qemu (nothing is installed)", "--backports"),
     ("qemu_dir", str, None, "A QEMU build folder: unpacked Debian packages (usr/bin/...), an "
@@ -41,6 +47,8 @@ SUBCOMMANDS = {
               ("qemu_binary", "kernel")),
     "summary": ("Print each test's figures of a job (default: the latest job)",
                 ("job",)),
+    "report": ("Tables and plots of the true pause per mode, RAM and QEMU build; A/B verdict "
+               "with --compare", ("report_jobs", "report_compare", "report_output")),
     "qemu-add": ("Add a side-by-side QEMU build (--backports or --dir PATH): its tests are "
                  "named <build>.bgsnap...", ("qemu_backports", "qemu_dir", "qemu_name")),
     "qemu-list": ("List the QEMU builds the suite tests", ()),
@@ -57,6 +65,8 @@ def _add_argument(sub, key, key_type, help_msg, long_arg):
     given.  A ``long_arg`` without a leading '-' is a positional argument.
     """
     kind = {"action": "store_true"} if key_type is bool else {"type": key_type}
+    if key_type is list:  # repeatable option: --job A --job B -> ["A", "B"]
+        kind = {"action": "append"}
     if long_arg.startswith("-") and key_type is not bool:
         kind["metavar"] = long_arg.lstrip("-").upper().replace("-", "_")
     if long_arg.startswith("-"):

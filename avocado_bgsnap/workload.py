@@ -43,7 +43,11 @@ class GuestWorkload:
         while True:
             try:
                 status = self.status()
-            except WorkloadProtocolError as exc:  # socket not bound yet
+            except WorkloadProtocolError as exc:  # socket not bound yet, or the workload died
+                if not self._alive():
+                    raise WorkloadProtocolError(
+                        f"the workload exited (out of guest memory? {self.spec.mib} MiB "
+                        f"asked): {self._last_words()}") from exc
                 status = {"phase": "starting", "error": str(exc)}
             if status.get("phase") == "running":
                 return status
@@ -55,6 +59,15 @@ class GuestWorkload:
                 raise WorkloadProtocolError(
                     f"workload not running after {timeout:.0f}s: {status}; log: {tail.strip()}")
             time.sleep(1.0)
+
+    def _alive(self) -> bool:
+        return self.session.cmd_output("pidof bgsnap-wl", timeout=self.cmd_timeout).strip() != ""
+
+    def _last_words(self) -> str:
+        """The workload's log and the kernel's last lines (an OOM kill shows there)."""
+        text = self.session.cmd_output(f"tail -3 {GUEST_LOG}; dmesg | tail -3",
+                                       timeout=self.cmd_timeout)
+        return " | ".join(line.strip() for line in text.splitlines() if line.strip())
 
     def committed(self, timeout: float | None = None) -> list[int]:
         return [int(s) for s in self.status(timeout)["committed"]]
@@ -71,6 +84,32 @@ class GuestWorkload:
     def verify(self, timeout: float) -> VerifyResult:
         """Verify the frozen live region (the guest checks itself)."""
         return VerifyResult.from_reply(self._ctl("verify", timeout=timeout))
+
+    def status_pair(self, seconds: float) -> tuple[dict, dict]:
+        """Two ``status`` replies about ``seconds`` apart (the host sleeps
+        between them); :func:`bench.write_mib_s` turns them into MiB/s."""
+        first = self.status()
+        time.sleep(seconds)
+        return first, self.status()
+
+    def quit(self, timeout: float | None = None) -> list[int]:
+        """Stop the server and wait until its process has exited, so its
+        region is freed before another run maps one.  Returns ``committed``.
+
+        ``wait`` is the guest shell's builtin: the workload is a background
+        job of the same shell (:meth:`start`).
+        """
+        committed = [int(s) for s in self._ctl("quit")["committed"]]
+        self.session.cmd("wait", timeout=timeout or self.cmd_timeout)
+        return committed
+
+    def restart(self, spec: WorkloadSpec, fill_timeout: float) -> dict:
+        """Quit this run, start ``spec`` in its place, wait for its fill;
+        returns the first ``running`` status."""
+        self.quit()
+        self.spec = spec
+        self.start()
+        return self.wait_running(fill_timeout)
 
 
 def _fill_progress(status: dict) -> str:

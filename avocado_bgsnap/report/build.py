@@ -1,0 +1,118 @@
+"""Make one report: collect -> series -> A/B -> plots -> files.
+
+Used by ``avocado bgsnap report`` (commands.py) and by the result plugin at
+the end of every job (result_plugin.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
+
+from . import collect, compare, plots, render, stats, tables
+from .figures import PAUSE, fmt, fmt_mib
+
+REPORT_DIR = "bgsnap-report"
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class ReportFiles:
+    outdir: Path
+    files: dict[str, Path] = field(default_factory=dict)
+    plots: list[Path] = field(default_factory=list)
+    answers: list[str] = field(default_factory=list)
+
+
+def _pause_answers(series: Sequence[collect.Series]) -> list[str]:
+    """One line per build x mode: the pause at the smallest and largest RAM."""
+    lines = []
+    for build in collect.builds(series):
+        for mode in collect.modes(s for s in series if s.qemu_build == build):
+            mine = sorted((s for s in series if s.qemu_build == build and s.mode == mode
+                           and s.values(PAUSE.key)), key=lambda s: s.guest_mem_mib)
+            if not mine:
+                continue
+            meds = [stats.median(s.values(PAUSE.key)) for s in mine]
+            first, last = mine[0], mine[-1]
+            text = (f"{build}, {mode}: true pause {fmt(meds[0])} ms at "
+                    f"{fmt_mib(first.guest_mem_mib)}")
+            if len(mine) > 1:
+                slope = stats.loglog_slope([s.guest_mem_mib for s in mine], meds)
+                text += f", {fmt(meds[-1])} ms at {fmt_mib(last.guest_mem_mib)}"
+                if slope is not None:
+                    text += f" (grows ~RAM^{slope:.2f})"
+            runs = sum(s.n for s in mine)
+            failed = sum(s.n_failed for s in mine)
+            text += f"; medians of {runs} runs" + (f", {failed} failed" if failed else "")
+            lines.append(text)
+    return lines
+
+
+def default_outdir(first_path: Path | str) -> Path:
+    """``<job>/bgsnap-report`` (``latest`` resolved), or ``<results dir>/bgsnap-report``."""
+    return Path(first_path).expanduser().resolve() / REPORT_DIR
+
+
+def make_report(job_paths: Sequence[Path | str], compare_paths: Sequence[Path | str] = (),
+                output: Path | str | None = None,
+                statuses: Mapping[str, Mapping] | None = None,
+                min_effect: float = stats.DEFAULT_MIN_EFFECT,
+                alpha: float = stats.DEFAULT_ALPHA) -> ReportFiles:
+    """Write the report of ``job_paths``; with ``compare_paths``, A/B against them.
+
+    ``compare_paths`` are the baseline (A), ``job_paths`` the candidate (B).
+    Without them, several QEMU builds in the jobs are compared against the
+    system build (or the first).  Raises collect.ReportError when there is
+    nothing to report.
+    """
+    jobs = collect.job_dirs(job_paths)
+    points = collect.load_points(jobs, statuses)
+    if not points:
+        raise collect.ReportError("no %s under %s" % (
+            collect.METRICS_FILE, ", ".join(str(j) for j in jobs)))
+    series = collect.group_series(points)
+    comparisons: list[compare.ABComparison] = []
+    sources = [str(j) for j in jobs]
+    if compare_paths:
+        base_jobs = collect.job_dirs(compare_paths)
+        comparisons.append(compare.compare_points(
+            collect.load_points(base_jobs), points,
+            a_label=compare.jobs_label(base_jobs), b_label=compare.jobs_label(jobs),
+            min_effect=min_effect, alpha=alpha))
+        sources += [f"{j} (baseline A)" for j in base_jobs]
+    else:
+        comparisons = compare.compare_builds(points, min_effect=min_effect, alpha=alpha)
+
+    outdir = Path(output) if output else default_outdir(job_paths[0])
+    outdir.mkdir(parents=True, exist_ok=True)
+    for pattern in plots.OWN_PNGS:  # a plot the new data no longer allows must not linger
+        for old in outdir.glob(pattern):
+            old.unlink()
+
+    report = render.Report(title="QEMU snapshot report: true pause and its cost",
+                           sources=sources)
+    report.answers = [c.answer_line() for c in comparisons] + _pause_answers(series)
+    for comparison in comparisons:
+        report.warnings += [f"A/B {comparison.b_label} vs {comparison.a_label}: {w}"
+                            for w in comparison.warnings]
+    excluded = [p for p in points if p.kind != collect.KIND_SNAPSHOT]
+    if excluded:
+        kinds = sorted({p.kind for p in excluded})
+        report.warnings.append(f"{len(excluded)} run(s) not in the statistics ("
+                               f"{', '.join(kinds)}: negative controls damage the snapshot "
+                               f"on purpose, the workload benchmark takes none); they are "
+                               f"listed under 'Every run' and in points.csv")
+    if not series:
+        report.warnings.append("no snapshot runs: nothing to plot or tabulate")
+    if series:
+        report.tables.append(tables.headline(series))
+        report.tables += tables.mode_tables(series)
+    report.tables += [tables.ab_table(c) for c in comparisons]
+    report.plots = plots.plot_all(series, comparisons, outdir)
+    report.points_table = tables.points_table(points)
+    files = render.write_all(report, points, outdir)
+    return ReportFiles(outdir, files, [outdir / p.filename for p in report.plots],
+                       report.answers)

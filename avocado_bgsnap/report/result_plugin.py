@@ -1,0 +1,57 @@
+"""Result plugin: write ``<job>/bgsnap-report/`` at the end of every job with bgsnap records.
+
+Entry point ``avocado.plugins.result`` ``bgsnap-report`` (setup.py).  It
+runs at low priority, after avocado's own result plugins (json, xunit,
+html), and never fails the job: any error is logged as a warning.  A job
+without a snapshot record (no ``bgsnap-metrics.json``, or only negative
+controls and the workload benchmark) gets no report and no message.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from avocado.core.extension_manager import PluginPriority
+from avocado.core.output import LOG_UI
+from avocado.core.plugin_interfaces import Result
+
+from . import collect
+
+
+def _statuses(result) -> dict[str, dict]:
+    """avocado's in-memory statuses, keyed like results.json's logdir basename."""
+    out = {}
+    for test in getattr(result, "tests", None) or []:
+        logdir = test.get("logdir")
+        if not logdir:
+            continue
+        name = test.get("name")
+        name = f"{name.name}{name.str_variant}" if hasattr(name, "str_variant") else name
+        out[Path(logdir).name] = {"status": test.get("status"),
+                                  "name": str(name) if name is not None else None,
+                                  "fail_reason": test.get("fail_reason")}
+    return out
+
+
+class BgsnapReportResult(Result):
+    name = "bgsnap-report"
+    description = "avocado-bgsnap report (tables + plots) in <job>/bgsnap-report/"
+    priority = PluginPriority.LOW
+
+    def render(self, result, job):
+        try:
+            logdir = Path(job.logdir)
+            if not collect.record_files(logdir):
+                return
+            statuses = _statuses(result)
+            points = collect.load_points([logdir], statuses)
+            if not any(p.kind == collect.KIND_SNAPSHOT for p in points):
+                return  # only negative controls / the workload benchmark: nothing to plot
+            from .build import make_report  # matplotlib/scipy only when there is data
+
+            report = make_report([logdir], statuses=statuses)
+        except Exception as exc:  # pylint: disable=W0703 - a report must never fail a job
+            LOG_UI.warning("bgsnap report not written: %s: %s", type(exc).__name__, exc)
+            return
+        if job.config.get("stdout_claimed_by", None) is None:
+            LOG_UI.info("BGSNAP REPORT: %s", report.files["html"])

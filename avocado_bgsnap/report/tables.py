@@ -1,0 +1,145 @@
+"""The report's tables as plain rows of text, rendered by render.py to Markdown and HTML."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+from . import collect, stats
+from .compare import ABComparison
+from .figures import (DIP, DOWNTIME, PAUSE, SNAPSHOT_MIB, TIME_SPLIT, TIME_SPLIT_NAMES, TOTAL,
+                      Figure, fmt, fmt_mib, fmt_pct)
+
+
+@dataclass
+class Table:
+    title: str
+    header: list[str]
+    rows: list[list[str]] = field(default_factory=list)
+    note: str = ""
+
+
+def _median(series: collect.Series, figure: Figure) -> str:
+    summary = stats.summarize(series.values(figure.key))
+    return fmt(summary.median) if summary else "n/a"
+
+
+def _spread(series: collect.Series, figure: Figure) -> str:
+    summary = stats.summarize(series.values(figure.key))
+    if summary is None:
+        return "n/a"
+    if summary.n == 1:
+        return fmt(summary.median)
+    return f"{fmt(summary.median)} [{fmt(summary.p10)}-{fmt(summary.p90)}]"
+
+
+def _runs(series: collect.Series) -> str:
+    text = str(series.n)
+    extra = []
+    if series.n_failed:
+        extra.append(f"{series.n_failed} failed")
+    if series.n_missing_resume:
+        extra.append(f"{series.n_missing_resume} no RESUME")
+    return f"{text} ({', '.join(extra)})" if extra else text
+
+
+def _short(text: str, limit: int = 90) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+def split_text(values: Sequence[float | None]) -> str:
+    return " / ".join(fmt(v, 2) if v is not None else "-" for v in values)
+
+
+SPLIT_HEADER = "time split s: " + " / ".join(TIME_SPLIT_NAMES[f.key] for f in TIME_SPLIT)
+
+
+def headline(series: Sequence[collect.Series]) -> Table:
+    """The one answer: median true pause per build x mode x RAM, and how it grows."""
+    sizes = sorted({s.guest_mem_mib for s in series})
+    table = Table("True guest pause, median ms [p10-p90]",
+                  ["QEMU build", "mode"] + [fmt_mib(m) for m in sizes] + ["growth"],
+                  note="growth: exponent k of pause ~ RAM^k over the measured sizes "
+                       "(1 = linear in RAM, 0 = flat).")
+    for build in collect.builds(series):
+        for mode in collect.modes(s for s in series if s.qemu_build == build):
+            mine = {s.guest_mem_mib: s for s in series
+                    if s.qemu_build == build and s.mode == mode}
+            cells = [_spread(mine[m], PAUSE) if m in mine else "" for m in sizes]
+            xs, ys = [], []
+            for mem, s in mine.items():
+                summary = stats.summarize(s.values(PAUSE.key))
+                if summary:
+                    xs.append(mem)
+                    ys.append(summary.median)
+            slope = stats.loglog_slope(xs, ys)
+            table.rows.append([build, mode] + cells + [f"k = {slope:.2f}" if slope is not None
+                                                      else "n/a"])
+    return table
+
+
+def mode_tables(series: Sequence[collect.Series]) -> list[Table]:
+    """One table per mode: every build x RAM size with its figures and time split."""
+    tables = []
+    multi_build = len(collect.builds(series)) > 1
+    for mode in collect.modes(series):
+        header = (["QEMU build"] if multi_build else []) + [
+            "guest RAM", "runs", "pause ms median [p10-p90]", "QEMU downtime ms",
+            "total s", "snapshot MiB", "write dip %", SPLIT_HEADER]
+        table = Table(f"Mode: {mode}", header)
+        for s in series:
+            if s.mode != mode:
+                continue
+            split = []
+            for fig_def in TIME_SPLIT:
+                summary = stats.summarize(s.values(fig_def.key))
+                split.append(summary.median if summary else None)
+            row = ([s.qemu_build] if multi_build else []) + [
+                fmt_mib(s.guest_mem_mib), _runs(s), _spread(s, PAUSE), _median(s, DOWNTIME),
+                _median(s, TOTAL), _median(s, SNAPSHOT_MIB), _median(s, DIP), split_text(split)]
+            table.rows.append(row)
+        notes = []
+        for s in series:
+            if s.mode == mode and len(s.workloads) > 1:
+                notes.append(f"{s.qemu_build} {fmt_mib(s.guest_mem_mib)} mixes workloads: "
+                             + "; ".join(s.workloads))
+        table.note = " ".join(notes)
+        tables.append(table)
+    return tables
+
+
+def ab_table(comparison: ABComparison) -> Table:
+    table = Table(f"A/B: {comparison.b_label} (B) vs {comparison.a_label} (A, baseline)",
+                  ["mode", "guest RAM", "figure", "A median", "B median", "change",
+                   "p-value", "runs A/B", "verdict"],
+                  note=comparison.answer_line() + (
+                      ". " + " ".join(comparison.warnings) if comparison.warnings else ""))
+    for row in comparison.rows:
+        v = row.verdict
+        runs = f"{v.n_a}/{v.n_b}"
+        if row.failed_a or row.failed_b:
+            runs += f" ({row.failed_a}/{row.failed_b} failed)"
+        verdict = v.verdict + (f" ({v.note})" if v.verdict == stats.NOT_ENOUGH and v.note else "")
+        table.rows.append([row.mode, fmt_mib(row.guest_mem_mib), row.figure.title,
+                           fmt(v.median_a), fmt(v.median_b), fmt_pct(v.rel_change),
+                           "n/a" if v.p_value is None else f"{v.p_value:.3g}", runs, verdict])
+    return table
+
+
+def points_table(points: Sequence[collect.Point]) -> Table:
+    table = Table("Every run", ["job", "test", "build", "mode", "RAM", "rep", "outcome",
+                                "pause ms", "STOP / RESUME (s, QEMU stamps)", "QEMU downtime ms",
+                                "total s", SPLIT_HEADER])
+    for p in points:
+        stamps = "; ".join(
+            f"{'?' if stop is None else f'{stop:.6f}'} / "
+            f"{'no RESUME' if resume is None else f'{resume:.6f}'}"
+            for stop, resume in p.pause_windows) or "-"
+        role = "" if p.kind == collect.KIND_SNAPSHOT else f" [{p.kind}]"
+        table.rows.append([
+            p.job, p.test + role, p.qemu_build, p.mode_label,
+            fmt_mib(p.guest_mem_mib), "" if p.repetition is None else str(p.repetition),
+            _short(p.outcome), fmt(p.pause_ms), stamps, fmt(p.downtime_ms), fmt(p.snapshot_total_s),
+            split_text([p.figure(f.key) for f in TIME_SPLIT])])
+    return table

@@ -1,0 +1,67 @@
+"""report.compare: A/B between job dirs and between QEMU builds of one job."""
+
+from test_report_synthetic import make_job, scale_tests, synthetic_matrix
+
+from avocado_bgsnap.report import collect, compare, stats
+
+
+def _jobs(tmp_path, seed_a, seed_b, reps=5, **b_kwargs):
+    a = make_job(tmp_path, "job-a", scale_tests(reps=reps, seed=seed_a))
+    b = make_job(tmp_path, "job-b", scale_tests(reps=reps, seed=seed_b, **b_kwargs))
+    return a, b
+
+
+def test_a_a_same_build_twice_flags_nothing(tmp_path):
+    a, b = _jobs(tmp_path, seed_a=11, seed_b=12)
+    result = compare.compare_dirs([a], [b])
+    assert (result.a_label, result.b_label) == ("job-a", "job-b")
+    assert len(result.rows) == 2 * 3 * 4            # modes x sizes x compared figures
+    assert [r for r in result.rows if r.verdict.flagged] == []
+    assert result.answer == compare.NO
+    assert result.answer_line().startswith("Is job-b worse than job-a (pause or stalls)? no")
+
+
+def test_fifty_percent_longer_pause_is_a_regression(tmp_path):
+    a, b = _jobs(tmp_path, seed_a=11, seed_b=12, pause_scale={"system": 1.5})
+    result = compare.compare_dirs([a], [b])
+    flagged = [(r.mode, r.guest_mem_mib, r.figure.key) for r in result.rows if r.verdict.flagged]
+    assert sorted(flagged) == sorted((m, s, "pause_ms") for m in ("background", "stop_save")
+                                     for s in (256, 512, 1024))
+    assert all(r.verdict.verdict == stats.REGRESSION for r in result.regressions)
+    assert result.answer == compare.YES and "YES" in result.answer_line()
+    # the other way round it is an improvement, and the answer is no
+    reverse = compare.compare_dirs([b], [a])
+    assert reverse.answer == compare.NO and len(reverse.improvements) == 6
+
+
+def test_worse_stalls_alone_are_a_regression(tmp_path):
+    a, b = _jobs(tmp_path, seed_a=11, seed_b=12, stall_scale={"system": 3.0})
+    result = compare.compare_dirs([a], [b])
+    keys = {r.figure.key for r in result.regressions}
+    assert keys == {"stall_max_ms", "stall_p99_us"} and result.answer == compare.YES
+
+
+def test_three_runs_per_side_cannot_tell(tmp_path):
+    a, b = _jobs(tmp_path, seed_a=1, seed_b=2, reps=3, pause_scale={"system": 3.0})
+    result = compare.compare_dirs([a], [b])
+    assert result.rows and all(r.verdict.verdict == stats.NOT_ENOUGH for r in result.rows)
+    assert result.answer == compare.CANNOT_TELL
+
+
+def test_points_on_one_side_only_are_warned_about(tmp_path):
+    a = make_job(tmp_path, "job-a", scale_tests(sizes=(256,), reps=4))
+    b = make_job(tmp_path, "job-b", scale_tests(sizes=(256, 512), reps=4, seed=5))
+    result = compare.compare_dirs([a], [b])
+    assert {r.guest_mem_mib for r in result.rows} == {256}
+    assert any("one side only" in w and "512 MiB" in w for w in result.warnings)
+
+
+def test_builds_of_one_job_are_compared_against_system(tmp_path):
+    points = collect.load_points([synthetic_matrix(tmp_path)])
+    (result,) = compare.compare_builds(points)
+    assert (result.a_label, result.b_label) == ("system", "qemu10")
+    # 3 runs per side: the failed run leaves 2 pauses, and 3 vs 3 cannot reach alpha
+    assert result.answer == compare.CANNOT_TELL
+    failed = [r for r in result.rows if r.failed_a]
+    assert failed and all(r.mode == "background" and r.guest_mem_mib == 512 for r in failed)
+    assert compare.compare_builds([p for p in points if p.qemu_build == "system"]) == []
