@@ -222,6 +222,7 @@ class SnapshotCycle:
         pause = self.record.get("pause_ms")
         if self.cfg.max_pause_ms and (pause is None or pause > self.cfg.max_pause_ms):
             errors.append(f"pause {_fmt(pause)} ms exceeds max_pause_ms = {self.cfg.max_pause_ms}")
+        errors += gate_errors(self.record.as_dict(), self.cfg.max_total_s, self.cfg.max_stall_ms)
         self.record.set("verdict", "; ".join(errors) or "pass")
         return "; ".join(errors) or None
 
@@ -263,6 +264,21 @@ class SnapshotCycle:
         for path in paths:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
+
+
+def gate_errors(record: dict, max_total_s: float, max_stall_ms: float) -> list[str]:
+    """The save-time and write-stall gates (0 disables each)."""
+    errors = []
+    total = record.get("snapshot_total_s")
+    if max_total_s and (total is None or total > max_total_s):
+        errors.append(f"snapshot took {total} s, over max_total_s = {max_total_s}")
+    during = [w for w in record.get("latency_windows") or [] if w.get("window") == WINDOW_DURING]
+    stall_ns = during[0].get("max_ns") if during else None
+    if max_stall_ms and (stall_ns is None or stall_ns / 1e6 > max_stall_ms):
+        shown = "unknown" if stall_ns is None else f"{stall_ns / 1e6:.2f} ms"
+        errors.append(f"worst guest write during the save {shown}, over max_stall_ms = "
+                      f"{max_stall_ms}")
+    return errors
 
 
 def _rss_kib(pid) -> int | None:

@@ -35,6 +35,8 @@ class BgsnapSettings:
     restore_timeout_s: float
     verify_timeout_s: float
     max_pause_ms: float        # 0 = no gate
+    max_total_s: float         # snapshot start -> completed; 0 = no gate
+    max_stall_ms: float        # worst guest page write during the save; 0 = no gate
     negative_control: str      # one of NEGATIVE_CONTROLS
     late_image_delay_s: float  # late_image: stop-and-save this long after the trigger
     transport: transports.Transport
@@ -99,6 +101,8 @@ def from_params(params) -> BgsnapSettings:
             restore_timeout_s=params.get_numeric("bgsnap_restore_timeout", 600, float),
             verify_timeout_s=params.get_numeric("bgsnap_verify_timeout", 300, float),
             max_pause_ms=params.get_numeric("max_pause_ms", 0, float),
+            max_total_s=params.get_numeric("max_total_s", 0, float),
+            max_stall_ms=params.get_numeric("max_stall_ms", 0, float),
             negative_control=negative,
             late_image_delay_s=params.get_numeric("bgsnap_late_image_delay", 2, float),
             transport=_transport(params, negative),
