@@ -54,6 +54,15 @@ def overhead_pct(on_mib_s: float, off_mib_s: float) -> float:
     return (off_mib_s - on_mib_s) / off_mib_s * 100.0
 
 
+def round_overheads_pct(on_mib_s: Sequence[float],
+                        off_mib_s: Sequence[float]) -> list[float | None]:
+    """The overhead within each round (its ON and OFF measured back to back);
+    their spread shows how far the host's noise reaches.  ``on_mib_s[r]`` and
+    ``off_mib_s[r]`` are round r's; an unfinished last round is left out, a
+    round whose OFF writers made no progress is None."""
+    return [overhead_pct(on, off) if off > 0 else None for on, off in zip(on_mib_s, off_mib_s)]
+
+
 def on_off_order(rounds: int) -> list[bool]:
     """Latency timing ON (True) / OFF (False) per measurement, ABBA order.
 
@@ -96,24 +105,35 @@ def summarize(region_mib: int, fill_mib_s: Sequence[float], verify_s: Sequence[f
               verify_mib_s: Sequence[float], on_mib_s: Sequence[float],
               off_mib_s: Sequence[float]) -> dict:
     """The benchmark's figures (medians, overhead, target verdicts) and its
-    human-readable lines; tolerates missing parts of an interrupted run."""
+    human-readable lines; tolerates missing parts of an interrupted run.
+
+    ``fill_mib_s[0]`` is the first fill, into guest RAM never touched before
+    (QEMU allocates its host pages then); later fills reuse freed RAM.
+    """
     on, off = median_or_none(on_mib_s), median_or_none(off_mib_s)
     overhead = overhead_pct(on, off) if on is not None and off else None
+    per_round = round_overheads_pct(on_mib_s, off_mib_s)
     verify_median = median_or_none(verify_s)
     fill, vmibs = median_or_none(fill_mib_s), median_or_none(verify_mib_s)
+    first = fill_mib_s[0] if fill_mib_s else None
     lines = [
         verify_line(region_mib, verify_median),
         overhead_line(overhead),
-        "fill %s MiB/s, verify %s MiB/s, writers %s MiB/s with latency timing / %s without "
-        "(medians)" % tuple(_fmt(v, 0) for v in (fill, vmibs, on, off)),
+        "fill %s MiB/s (first; median of %d fills %s), verify %s MiB/s, writers %s MiB/s with "
+        "latency timing / %s without (medians)" % (
+            _fmt(first, 0), len(fill_mib_s), *(_fmt(v, 0) for v in (fill, vmibs, on, off))),
+        "latency overhead per ON/OFF round: "
+        + (", ".join(_fmt(v, 1) for v in per_round) + " %" if per_round else "n/a"),
     ]
     return {
+        "fill_mib_s_first": first,
         "fill_mib_s_median": fill,
         "verify_s_median": verify_median,
         "verify_mib_s_median": vmibs,
         "latency_on_mib_s_median": on,
         "latency_off_mib_s_median": off,
         "latency_overhead_pct": overhead,
+        "latency_overhead_pct_rounds": per_round,
         "targets": {
             "verify_s": {"value": verify_median, "limit": VERIFY_TARGET_S,
                          "region_mib": VERIFY_TARGET_MIB, "met": below(verify_median,

@@ -49,6 +49,24 @@ def test_overhead_pct_sign_and_size():
             bench.overhead_pct(10.0, off)
 
 
+def test_round_overheads_pair_each_round():
+    on, off = [90.0, 100.0, 99.0], [100.0, 95.0, 99.0]
+    got = bench.round_overheads_pct(on, off)
+    assert got == pytest.approx([10.0, -100 * 5 / 95, 0.0])
+    # swapped: every round flips sign
+    assert bench.round_overheads_pct(off, on)[0] == pytest.approx(-100 * 10 / 90)
+    # an unfinished last round (ON measured, OFF not) is left out
+    assert bench.round_overheads_pct([90.0, 80.0], [100.0]) == pytest.approx([10.0])
+    assert bench.round_overheads_pct([], []) == []
+    assert bench.round_overheads_pct([90.0, 5.0], [100.0, 0.0]) == [10.0, None]  # stalled OFF
+
+
+def test_summarize_survives_stalled_writers():
+    out = bench.summarize(1024, [800], [1.0], [1024], on_mib_s=[90.0], off_mib_s=[0.0])
+    assert out["latency_overhead_pct"] is None
+    assert out["summary"][3] == "latency overhead per ON/OFF round: n/a %"
+
+
 def test_on_off_order_is_abba():
     assert bench.on_off_order(1) == [True, False]
     assert bench.on_off_order(3) == [True, False, False, True, True, False]
@@ -87,17 +105,24 @@ def test_summarize_full_and_partial():
     out = bench.summarize(1024, [800, 900, 1000], [2.0, 1.0, 3.0], [512, 1024, 341],
                           on_mib_s=[90.0, 96.0, 93.0], off_mib_s=[100.0, 99.0, 101.0])
     assert out["verify_s_median"] == 2.0 and out["verify_mib_s_median"] == 512
-    assert out["fill_mib_s_median"] == 900
+    assert out["fill_mib_s_median"] == 900 and out["fill_mib_s_first"] == 800
+    assert out["summary"][2] == ("fill 800 MiB/s (first; median of 3 fills 900), verify 512 MiB/s, "
+                                 "writers 93 MiB/s with latency timing / 100 without (medians)")
     assert out["latency_on_mib_s_median"] == 93.0 and out["latency_off_mib_s_median"] == 100.0
     assert out["latency_overhead_pct"] == pytest.approx(7.0)
     assert out["targets"]["verify_s"]["met"] is True
     assert out["targets"]["latency_overhead_pct"]["met"] is False
     assert out["summary"][0] == "verify 1024 MiB: median 2.00 s (target < 10 s: met)"
     assert out["summary"][1] == "latency overhead: 7.0 % (target < 5 %: not met)"
+    assert out["latency_overhead_pct_rounds"] == pytest.approx([10.0, 100 * 3 / 99, 100 * 8 / 101])
+    assert out["summary"][3] == "latency overhead per ON/OFF round: 10.0, 3.0, 7.9 %"
     # an interrupted run: nothing measured after the fill
     partial = bench.summarize(1024, [800], [], [], [], [])
+    assert partial["fill_mib_s_first"] == partial["fill_mib_s_median"] == 800
+    assert bench.summarize(1024, [], [], [], [], [])["fill_mib_s_first"] is None
     assert partial["latency_overhead_pct"] is None and partial["verify_s_median"] is None
     assert partial["targets"]["verify_s"]["met"] is None
     assert "not measured" in partial["summary"][0] and "not measured" in partial["summary"][1]
+    assert partial["summary"][3].endswith("round: n/a")
     # only one side measured: no overhead
     assert bench.summarize(1024, [], [], [], [90.0], [])["latency_overhead_pct"] is None
