@@ -109,21 +109,32 @@ def _colors(series: Sequence[collect.Series]) -> dict[str, str]:
     return {b: COLORS[i % len(COLORS)] for i, b in enumerate(collect.builds(series))}
 
 
+def _mode_panels(shown: Sequence[collect.Series]):
+    """A figure with one panel per mode (shared y axis); returns (figure, axes,
+    panels), each panel (ax, mode, its series, [(build, its series by RAM)])."""
+    modes = collect.modes(shown)
+    figure = new_figure(6.2 if len(modes) == 1 else 11, 4.2 * math.ceil(len(modes) / 2))
+    axes = _grid(figure, len(modes), sharey=True)
+    panels = []
+    for ax, mode in zip(axes, modes):
+        in_mode = [s for s in shown if s.mode == mode]
+        by_build = [(build, sorted((s for s in in_mode if s.qemu_build == build),
+                                   key=lambda s: s.guest_mem_mib))
+                    for build in collect.builds(in_mode)]
+        panels.append((ax, mode, in_mode, by_build))
+    return figure, axes, panels
+
+
 def _scaling_plot(series: Sequence[collect.Series], figure_def: Figure, path: Path,
                   title: str, caption: str, log_y: bool = True) -> Plot | None:
     """One panel per mode: median line with p10-p90 whiskers, every run as a dot."""
     shown = [s for s in series if s.values(figure_def.key)]
     if not shown:
         return None
-    modes = collect.modes(shown)
     colors = _colors(shown)
-    figure = new_figure(6.2 if len(modes) == 1 else 11, 4.2 * math.ceil(len(modes) / 2))
-    axes = _grid(figure, len(modes), sharey=True)
-    for ax, mode in zip(axes, modes):
-        in_mode = [s for s in shown if s.mode == mode]
-        for build in collect.builds(in_mode):
-            mine = sorted((s for s in in_mode if s.qemu_build == build),
-                          key=lambda s: s.guest_mem_mib)
+    figure, axes, panels = _mode_panels(shown)
+    for ax, mode, in_mode, by_build in panels:
+        for build, mine in by_build:
             xs, meds, low, high = [], [], [], []
             for s in mine:
                 summary = stats.summarize(s.values(figure_def.key))
@@ -235,15 +246,10 @@ def plot_downtime_vs_pause(series, outdir: Path) -> Plot | None:
     shown = [s for s in series if s.values(DOWNTIME.key) and s.values(PAUSE.key)]
     if not shown:
         return None
-    modes = collect.modes(shown)
     colors = _colors(shown)
-    figure = new_figure(6.2 if len(modes) == 1 else 11, 4.2 * math.ceil(len(modes) / 2))
-    axes = _grid(figure, len(modes), sharey=True)
-    for ax, mode in zip(axes, modes):
-        in_mode = [s for s in shown if s.mode == mode]
-        for build in collect.builds(in_mode):
-            mine = sorted((s for s in in_mode if s.qemu_build == build),
-                          key=lambda s: s.guest_mem_mib)
+    figure, axes, panels = _mode_panels(shown)
+    for ax, mode, in_mode, by_build in panels:
+        for build, mine in by_build:
             medians = {}
             for fig_def, style, marker, what in ((PAUSE, "-", "o", "true pause"),
                                                  (DOWNTIME, "--", "s", "QEMU downtime")):
