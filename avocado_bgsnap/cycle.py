@@ -13,9 +13,9 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from . import snapshot, verifier, vt_compat
+from . import internal_snapshot, snapshot, verifier, vt_compat
 from .metrics import Metrics
-from .qmp import SnapshotQMP
+from .qmp import UNLIMITED_BANDWIDTH, SnapshotQMP
 from .settings import BgsnapSettings
 from .workload import WINDOW_AFTER, WINDOW_BEFORE, WINDOW_DURING, GuestWorkload
 from .wlproto import VerifyResult
@@ -43,7 +43,9 @@ class SnapshotCycle:
         self.log = log
         self.wl_binary = wl_binary
         self.snapshot_dir = cfg.snapshot_dir or workdir
-        self.snapshot_path = self.snapshot_dir / (SNAPSHOT_STEM + cfg.transport.suffix)
+        self.internal = cfg.mode == "snapshot_save"
+        suffix = internal_snapshot.SUFFIX if self.internal else cfg.transport.suffix
+        self.snapshot_path = self.snapshot_dir / (SNAPSHOT_STEM + suffix)
         # the file restored: the snapshot, or the late image (negative control)
         self.image_path = self.snapshot_path
         self.dump_path = self.snapshot_dir / DUMP_NAME
@@ -62,6 +64,7 @@ class SnapshotCycle:
                        "workload": dataclasses.asdict(spec),
                        "negative_control": cfg.negative_control, "mode": cfg.mode,
                        "qemu_build": cfg.qemu_build, "repetition": cfg.repetition,
+                       "max_bandwidth_mib_s": cfg.max_bandwidth_mib_s,
                        "transport": dataclasses.asdict(cfg.transport)})
 
     # -- 2 ------------------------------------------------------------------
@@ -116,13 +119,22 @@ class SnapshotCycle:
             def after_resume():
                 self.steps_after_resume = self.workload.committed(timeout=AFTER_RESUME_TIMEOUT)
             return snapshot.take_background_snapshot(*args, on_resume=after_resume)
-        # stop_save pauses for the whole save; precopy lets the guest run and
-        # auto-converge throttles it until the rest fits the downtime limit
-        result = snapshot.take_migration_image(
-            *args, stop_first=self.cfg.mode == "stop_save",
-            extra_caps=("auto-converge",) if self.cfg.mode == "precopy" else ())
+        if self.internal:
+            result = internal_snapshot.take_internal_snapshot(
+                qmp, self.snapshot_path, self.cfg.snapshot_timeout_s, self.log)
+        else:
+            # stop_save pauses for the whole save; precopy lets the guest run
+            # and auto-converge throttles it until the rest fits the downtime limit
+            result = snapshot.take_migration_image(
+                *args, stop_first=self.cfg.mode == "stop_save",
+                extra_caps=("auto-converge",) if self.cfg.mode == "precopy" else (),
+                max_bandwidth=self._max_bandwidth())
         self.steps_after_resume = self.workload.committed(timeout=AFTER_RESUME_TIMEOUT)
         return result
+
+    def _max_bandwidth(self) -> int:
+        mib_s = self.cfg.max_bandwidth_mib_s
+        return mib_s * 2**20 if mib_s else UNLIMITED_BANDWIDTH
 
     # -- 4 ------------------------------------------------------------------
     def check_source(self) -> None:
@@ -140,7 +152,7 @@ class SnapshotCycle:
     def damage_snapshot(self) -> None:
         """Negative control: flip one byte inside a workload page's body."""
         needle = struct.pack("<QQ", verifier.PAGE_MAGIC, self.cfg.workload.nonce ^ 0)
-        if self.cfg.transport.suffix != ".bin":
+        if not self.internal and self.cfg.transport.suffix != ".bin":
             raise CycleError(f"damage_file needs an uncompressed image, not "
                              f"{self.cfg.transport.name}")
         self.damaged_offset = snapshot.damage_guest_page(self.snapshot_path, needle)
@@ -158,16 +170,24 @@ class SnapshotCycle:
         self.image_path = self.snapshot_dir / (LATE_IMAGE_STEM + self.cfg.transport.suffix)
         qmp = SnapshotQMP(self.vm.monitor, self.log)
         result = snapshot.take_migration_image(qmp, self.cfg.transport, self.image_path,
-                                               self.cfg.snapshot_timeout_s, self.log)
+                                               self.cfg.snapshot_timeout_s, self.log,
+                                               max_bandwidth=self._max_bandwidth())
         self.record.set("late_image_bytes", result.snapshot_bytes)
         self.log("negative control: stop-and-save image %.1fs after the trigger"
                  % (time.monotonic() - self.triggered_at))
 
     # -- 6, 7 ----------------------------------------------------------------
+    def _restored_vm(self):
+        """The second QEMU, paused, restored from the image (yields clone, qmp)."""
+        timeout = self.cfg.restore_timeout_s
+        if self.internal:
+            return internal_snapshot.restored_vm(self.vm, self.image_path, timeout, self.log)
+        return snapshot.restored_vm(self.vm, self.cfg.transport, self.image_path, timeout,
+                                    self.log)
+
     def restore_and_verify(self) -> None:
         self.record.start("restore")
-        with snapshot.restored_vm(self.vm, self.cfg.transport, self.image_path,
-                                  self.cfg.restore_timeout_s, self.log) as (clone, qmp, _):
+        with self._restored_vm() as (clone, qmp):
             self.record.stop("restore")
             self.record.start("dump")
             qmp.dump_guest_memory(str(self.dump_path), timeout=self.cfg.verify_timeout_s)

@@ -7,7 +7,7 @@ into ``test.cancel(reason)``, never a failure.
 import os
 from pathlib import Path
 
-from . import host, paths, qemu_builds, vt_compat
+from . import host, internal_snapshot, paths, qemu_builds, vt_compat
 from .guest.build import GUEST_READY_MARKER
 from .transport import Transport
 
@@ -50,10 +50,12 @@ def _probe_target(qemu_binary: str) -> tuple[str, tuple, dict | None]:
 
 def check_host(qemu_binary: str, requested_accel: str, kernel: Path, initrd: Path,
                probe_timeout: float = 20.0,
-               snapshot_transport: Transport | None = None) -> host.HostFacts:
+               snapshot_transport: Transport | None = None,
+               snapshot_mode: str = "background") -> host.HostFacts:
     """Everything a background-snapshot test needs from the host, or HostUnsupported.
 
-    With ``snapshot_transport``, a transport the QEMU lacks is unsupported too.
+    With ``snapshot_transport``, a transport the QEMU lacks is unsupported
+    too; so is a ``snapshot_mode`` it cannot do.
     """
     try:
         binary, extra_args, env = _probe_target(qemu_binary)
@@ -69,6 +71,10 @@ def check_host(qemu_binary: str, requested_accel: str, kernel: Path, initrd: Pat
     problems = facts.problems()
     if snapshot_transport is not None:
         reason = snapshot_transport.unsupported_reason(qemu.version, qemu.migration_capabilities)
+        if reason:
+            problems.append(reason)
+    if snapshot_mode == "snapshot_save":
+        reason = internal_snapshot.unsupported_reason(qemu.version)
         if reason:
             problems.append(reason)
     if problems:

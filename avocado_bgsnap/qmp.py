@@ -18,6 +18,10 @@ INCOMPATIBLE_WITH_BACKGROUND = (
     "validate-uuid", "zero-copy-send",
 )
 FINAL_STATES = ("completed", "failed", "cancelled")
+# max-bandwidth meaning "no limit": QEMU caps a migration at 128 MiB/s by
+# default, which would make a stop-and-save pause a measure of that cap; a
+# save to a file lifts it (so does libvirt for 'virsh save').
+UNLIMITED_BANDWIDTH = (2**63 - 1) // 2**20 * 2**20
 
 
 class QMPStepError(Exception):
@@ -115,6 +119,10 @@ class SnapshotQMP:
         """background-snapshot off (a classic migration), ``extra`` on."""
         self.set_capabilities({"background-snapshot": False, **{c: True for c in extra}})
 
+    def set_max_bandwidth(self, bytes_per_s: int) -> None:
+        """The migration rate cap (``UNLIMITED_BANDWIDTH`` lifts it)."""
+        self._cmd("migrate-set-parameters", {"max-bandwidth": int(bytes_per_s)})
+
     def clear_events(self) -> None:
         self.monitor.clear_events()
 
@@ -177,6 +185,43 @@ class SnapshotQMP:
 
     def cont(self) -> None:
         self._cmd("cont")
+
+    def blockdev_add(self, options: dict) -> None:
+        self._cmd("blockdev-add", options)
+
+    def blockdev_del(self, node_name: str) -> None:
+        self._cmd("blockdev-del", {"node-name": node_name})
+
+    def named_block_node(self, node_name: str) -> dict:
+        """query-named-block-nodes' entry for one node (its image info)."""
+        for node in self._cmd("query-named-block-nodes", debug=False):
+            if node.get("node-name") == node_name:
+                return node
+        raise QMPStepError(f"no block node {node_name!r}", "query-named-block-nodes")
+
+    def run_job(self, command: str, args: dict, timeout: float, poll_s: float = 0.05) -> float:
+        """Start a job (``args`` carries its ``job-id``), wait until it
+        concludes, dismiss it; return its run time in seconds.  A job that
+        ends with an error raises QMPStepError with QEMU's message."""
+        job_id = args["job-id"]
+        started = time.monotonic()
+        self._cmd(command, args, timeout=timeout)
+        while True:
+            jobs = {j["id"]: j for j in self._cmd("query-jobs", debug=False)}
+            job = jobs.get(job_id)
+            if job is None:
+                raise QMPStepError(f"{command}: job {job_id} vanished", "query-jobs", jobs)
+            if job["status"] == "concluded":
+                break
+            if time.monotonic() - started > timeout:
+                raise QMPStepError(f"{command}: job {job_id} still '{job['status']}' "
+                                   f"after {timeout:.0f}s", "query-jobs", job)
+            time.sleep(poll_s)
+        elapsed = time.monotonic() - started
+        self._cmd("job-dismiss", {"id": job_id})
+        if job.get("error"):
+            raise QMPStepError(f"{command} failed: {job['error']}", command, job)
+        return elapsed
 
     def dump_guest_memory(self, path: str, timeout: float) -> None:
         """Dump all guest RAM (ELF, no paging) synchronously into ``path``."""

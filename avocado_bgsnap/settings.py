@@ -16,8 +16,12 @@ ACCELERATORS = ("auto", "kvm", "tcg")
 # only when the verifier catches it.
 NEGATIVE_CONTROLS = ("none", "damage_file", "damage_in_transit", "late_image")
 # background: the feature under test; stop_save: stop, migrate to the file,
-# cont; precopy: live migration into the file (its END state is the image).
-MODES = ("background", "stop_save", "precopy")
+# cont; snapshot_save: an internal snapshot into a qcow2 (snapshot-save job);
+# precopy: live migration into the file (its END state is the image).
+MODES = ("background", "stop_save", "snapshot_save", "precopy")
+# Negative controls that make sense for an internal snapshot (no migration
+# stream to damage in transit; the late image is a migration stream).
+INTERNAL_NEGATIVE_CONTROLS = ("none", "damage_file")
 
 
 class SettingsError(ValueError):
@@ -41,6 +45,7 @@ class BgsnapSettings:
     late_image_delay_s: float  # late_image: stop-and-save this long after the trigger
     transport: transports.Transport
     mode: str                  # one of MODES
+    max_bandwidth_mib_s: int   # migration rate cap for stop_save/precopy; 0 = none
     qemu_build: str            # a label for reports (system, qemu10_0_2, ...)
     repetition: int            # which repetition of a measured point
     keep_snapshot: bool
@@ -71,6 +76,17 @@ def _transport(params, negative: str) -> transports.Transport:
         raise SettingsError(str(exc)) from None
 
 
+def _check_internal(transport: transports.Transport, negative: str) -> None:
+    """snapshot_save writes into a qcow2: no transport, fewer negative controls."""
+    if transport.name != "file":
+        raise SettingsError(f"bgsnap_mode = snapshot_save saves into a qcow2 image: "
+                            f"bgsnap_transport = {transport.name} does not apply")
+    if negative not in INTERNAL_NEGATIVE_CONTROLS:
+        raise SettingsError(f"bgsnap_negative_control = {negative} does not apply to "
+                            f"bgsnap_mode = snapshot_save (allowed: "
+                            f"{', '.join(INTERNAL_NEGATIVE_CONTROLS)})")
+
+
 def from_params(params) -> BgsnapSettings:
     """Read and validate every param the suite uses, once."""
     try:
@@ -91,6 +107,14 @@ def from_params(params) -> BgsnapSettings:
         )
         snapshot_dir = params.get("bgsnap_snapshot_dir") or None
         negative = _choice(params, "bgsnap_negative_control", "none", NEGATIVE_CONTROLS)
+        mode = _choice(params, "bgsnap_mode", "background", MODES)
+        transport = _transport(params, negative)
+        if mode == "snapshot_save":
+            _check_internal(transport, negative)
+        bandwidth = int(params.get_numeric("bgsnap_max_bandwidth_mib_s", 0))
+        if bandwidth < 0:
+            raise SettingsError(f"bgsnap_max_bandwidth_mib_s = {bandwidth}: expected >= 0 "
+                                f"(0 = no cap)")
         return BgsnapSettings(
             accel=_choice(params, "bgsnap_accel", "auto", ACCELERATORS),
             kvm_probe_timeout_s=params.get_numeric("bgsnap_kvm_probe_timeout", 20, float),
@@ -105,8 +129,9 @@ def from_params(params) -> BgsnapSettings:
             max_stall_ms=params.get_numeric("max_stall_ms", 0, float),
             negative_control=negative,
             late_image_delay_s=params.get_numeric("bgsnap_late_image_delay", 2, float),
-            transport=_transport(params, negative),
-            mode=_choice(params, "bgsnap_mode", "background", MODES),
+            transport=transport,
+            mode=mode,
+            max_bandwidth_mib_s=bandwidth,
             qemu_build=params.get("bgsnap_qemu_build", "system"),
             repetition=int(params.get_numeric("bgsnap_repetition", 1)),
             keep_snapshot=params.get_boolean("bgsnap_keep_snapshot", False),

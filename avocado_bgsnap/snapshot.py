@@ -14,8 +14,8 @@ from typing import Callable
 
 from . import vt_compat
 from .transport import Transport
-from .qmp import (MigrationFailed, PauseWindow, QMPStepError, SnapshotQMP, pause_windows,
-                  total_pause_ms)
+from .qmp import (UNLIMITED_BANDWIDTH, MigrationFailed, PauseWindow, QMPStepError,
+                  SnapshotQMP, pause_windows, total_pause_ms)
 
 
 @dataclass(frozen=True)
@@ -33,7 +33,7 @@ class SnapshotResult:
 
 
 @contextlib.contextmanager
-def _written_atomically(path: Path):
+def written_atomically(path: Path):
     """Yield ``<path>.partial`` to write; rename it to ``path`` when the block
     succeeds, remove it when it fails: a half-written file never carries the
     snapshot's name."""
@@ -60,7 +60,7 @@ def take_background_snapshot(qmp: SnapshotQMP, transport: Transport, path: Path,
     qmp.enable_background_snapshot(transport.capabilities)
     qmp.clear_events()
     started = time.monotonic()
-    with _written_atomically(path) as partial:
+    with written_atomically(path) as partial:
         qmp.migrate(transport.save_uri(partial))
         if on_resume is not None:
             qmp.wait_event("RESUME", timeout)
@@ -76,22 +76,26 @@ def take_background_snapshot(qmp: SnapshotQMP, transport: Transport, path: Path,
 
 def take_migration_image(qmp: SnapshotQMP, transport: Transport, path: Path, timeout: float,
                          log: Callable[[str], None] = lambda m: None, stop_first: bool = True,
-                         resume: bool = True, extra_caps: tuple[str, ...] = ()) -> SnapshotResult:
+                         resume: bool = True, extra_caps: tuple[str, ...] = (),
+                         max_bandwidth: int = UNLIMITED_BANDWIDTH) -> SnapshotResult:
     """A snapshot without background-snapshot.
 
     ``stop_first``: the classic snapshot (stop, migrate, cont): the pause is
     the whole save, and QEMU's ``downtime`` does not say so.  Otherwise a
     precopy migration of the running guest into the file: QEMU stops it at
     the end (the image is that END state) and leaves it in postmigrate;
-    ``resume`` continues it.
+    ``resume`` continues it.  ``max_bandwidth`` (bytes/s) is the migration
+    rate cap; QEMU's default of 128 MiB/s would dominate a stop-and-save
+    pause, so it is lifted unless a cap is asked for.
     """
     qmp.enable_plain_migration(tuple(transport.capabilities) + tuple(extra_caps))
+    qmp.set_max_bandwidth(max_bandwidth)
     qmp.clear_events()
     started = time.monotonic()
     if stop_first:
         qmp.stop()
     try:
-        with _written_atomically(path) as partial:
+        with written_atomically(path) as partial:
             qmp.migrate(transport.save_uri(partial))
             info = qmp.wait_migration(timeout, progress=_progress_logger(log, started))
             total_s = time.monotonic() - started
@@ -144,48 +148,59 @@ def _raise_if_migration_failed(qmp: SnapshotQMP, cause: Exception) -> None:
 
 
 @contextlib.contextmanager
-def restored_vm(vm, transport: Transport, path: Path, timeout: float,
-                log: Callable[[str], None] = lambda m: None):
-    """A second QEMU with ``vm``'s configuration, restored from ``path``, paused.
-
-    avocado-vt starts every QEMU with -S and leaves an incoming one paused,
-    so the restored guest has not executed a single instruction when this
-    yields.  Leaving the block always stops it.
-    """
-    uri = transport.restore_uri(path)
+def paused_clone(vm, extra_params: str = "", **create_kwargs):
+    """A second QEMU with ``vm``'s configuration, left paused (avocado-vt
+    starts every QEMU with -S; ``paused_after_start_vm`` keeps it so): the
+    restored guest has not executed a single instruction when this yields.
+    Leaving the block always stops it."""
     params = vm.params.copy()
-    if not transport.restore_is_exec:
-        # file: needs -incoming defer + migrate-incoming (capabilities first);
-        # without paused_after_start_vm, create() would 'cont' an 'inmigrate' VM
-        params["extra_params"] = params.get("extra_params", "") + " -incoming defer"
-        params["paused_after_start_vm"] = "yes"
+    params["extra_params"] = params.get("extra_params", "") + extra_params
+    params["paused_after_start_vm"] = "yes"
     clone = vm.clone(params=params)
     try:
-        if transport.restore_is_exec:
-            clone.create(migration_mode="exec", migration_exec_cmd=uri[len("exec:"):],
-                         timeout=timeout)
-            qmp = SnapshotQMP(clone.monitor, log)
-        else:
-            clone.create(timeout=timeout)
-            qmp = SnapshotQMP(clone.monitor, log)
-            if transport.capabilities:
-                qmp.set_capabilities({c: True for c in transport.capabilities})
-            qmp.migrate_incoming(uri)
-        started = time.monotonic()
-        try:
-            info = qmp.wait_migration(timeout)
-        except QMPStepError as exc:
-            if _exits_soon(clone):
-                output = clone.process.get_output() if clone.process else ""
-                raise MigrationFailed("restore failed, the restoring QEMU exited: "
-                                      + " ".join(output.split())[-500:]) from exc
-            raise
-        log("restored %s in %.1fs (status %s)" % (path.name, time.monotonic() - started,
-                                                  qmp.status()))
-        yield clone, qmp, info
+        clone.create(**create_kwargs)
+        yield clone
     finally:
         vt_compat.shutdown_bounded(clone)
         clone.destroy(gracefully=False)
+
+
+def raise_if_exited(clone, what: str, exc: Exception) -> None:
+    """A QMP step of a restore failed: when the restoring QEMU is gone, say
+    so with the last of its output (QEMU prints why it could not load)."""
+    if _exits_soon(clone):
+        output = clone.process.get_output() if clone.process else ""
+        raise MigrationFailed(f"{what} failed, the restoring QEMU exited: "
+                              + " ".join(output.split())[-500:]) from exc
+
+
+@contextlib.contextmanager
+def restored_vm(vm, transport: Transport, path: Path, timeout: float,
+                log: Callable[[str], None] = lambda m: None):
+    """A second QEMU restored from the migration stream in ``path``, paused
+    (see :func:`paused_clone`); yields (clone, qmp)."""
+    uri = transport.restore_uri(path)
+    if transport.restore_is_exec:
+        clone_cm = paused_clone(vm, migration_mode="exec",
+                                migration_exec_cmd=uri[len("exec:"):], timeout=timeout)
+    else:
+        # file: needs -incoming defer + migrate-incoming (capabilities first)
+        clone_cm = paused_clone(vm, " -incoming defer", timeout=timeout)
+    with clone_cm as clone:
+        qmp = SnapshotQMP(clone.monitor, log)
+        started = time.monotonic()
+        try:
+            if not transport.restore_is_exec:
+                if transport.capabilities:
+                    qmp.set_capabilities({c: True for c in transport.capabilities})
+                qmp.migrate_incoming(uri)
+            qmp.wait_migration(timeout)
+        except QMPStepError as exc:
+            raise_if_exited(clone, "restore", exc)
+            raise
+        log("restored %s in %.1fs (status %s)" % (path.name, time.monotonic() - started,
+                                                  qmp.status()))
+        yield clone, qmp
 
 
 def _exits_soon(vm, within_s: float = 3.0) -> bool:

@@ -1,4 +1,5 @@
-"""Background snapshot of a running guest, restored and verified exactly.
+"""Background snapshot of a running guest, restored and verified exactly
+(or, with ``bgsnap_mode``, a stop-and-save, internal or precopy snapshot).
 
 1. Check the host (QEMU capability, UFFD-WP, accelerator, the snapshot
    transport); cancel if unfit.
@@ -34,7 +35,7 @@ def run(test, params, env):
     try:
         facts = preflight.check_host(params["qemu_binary"], cfg.accel, Path(params["kernel"]),
                                      Path(params["initrd"]), cfg.kvm_probe_timeout_s,
-                                     cfg.transport)
+                                     cfg.transport, cfg.mode)
     except preflight.HostUnsupported as exc:
         test.cancel(str(exc))
     test.log.info("Host: %s", facts.summary())
@@ -51,7 +52,7 @@ def run(test, params, env):
         boot_started = time.monotonic()
         vm.create(params=params.object_params(vm.name))
         cycle.boot_and_fill(boot_started)
-        error_context.context("Take a background snapshot", test.log.info)
+        error_context.context("Take the snapshot (mode %s)" % cfg.mode, test.log.info)
         cycle.take_snapshot()
         error_context.context("Check the source guest", test.log.info)
         cycle.check_source()

@@ -122,6 +122,29 @@ def test_snapshot_restore_verify_and_negative_controls(tmp_path):
     assert not list(job.glob("**/bgsnap-snapshot.bin*"))
 
 
+def test_pausing_modes_pause_for_the_whole_save(tmp_path):
+    """stop_save and snapshot_save (internal qcow2 snapshot) are restored and
+    verified like background; their true pause is the whole save.  The
+    damaged qcow2 is caught."""
+    data, job = run_job(tmp_path, "bgsnap.mode.stop_save.small", "bgsnap.mode.snapshot_save.small",
+                        "bgsnap.negative.damaged_internal.small")
+    tests = by_name(data)
+    assert [t["status"] for t in tests.values()] == ["PASS"] * 3, \
+        [(n, t["status"], t["fail_reason"]) for n, t in tests.items()]
+    for name in ("bgsnap.mode.stop_save.small", "bgsnap.mode.snapshot_save.small"):
+        m = metrics_of(tests[name])
+        assert m["host_verify"].startswith("CLEAN") and m["point_in_time"] == "ok", name
+        assert m["pause_ms"] >= 0.8 * m["snapshot_total_s"] * 1000, name
+        assert m["snapshot_bytes"] > m["workload_mib"] * 2**20, name
+    stop_save = metrics_of(tests["bgsnap.mode.stop_save.small"])
+    assert stop_save["pause_ms"] > stop_save["downtime_ms"]  # QEMU's figure is not the pause
+    assert stop_save["max_bandwidth_mib_s"] == 0
+    damaged = metrics_of(tests["bgsnap.negative.damaged_internal.small"])
+    assert damaged["mode"] == "snapshot_save"
+    assert damaged["host_verify"].startswith("BAD: 1 bad page")
+    assert not list(job.glob("**/bgsnap-snapshot.qcow2*"))
+
+
 def test_bad_cfg_value_is_a_clear_error_before_any_vm(tmp_path):
     data, _ = run_job(tmp_path, "bgsnap.basic.small", extra=["bgsnap_workload_mib=300"])
     (test,) = data["tests"]

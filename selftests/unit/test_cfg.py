@@ -48,3 +48,15 @@ def test_sizes():
     d = {x["shortname"]: x for x in dicts()}["bgsnap.basic.1g"]
     assert (d["mem"], d["bgsnap_workload_mib"]) == ("1024", "768")
     assert d["start_vm"] == "no"  # the test boots after choosing the accelerator
+
+
+def test_scale_matrix_is_sizes_by_modes_by_repetitions():
+    from virttest.utils_params import Params
+
+    from avocado_bgsnap import settings
+
+    points = [settings.from_params(Params(d)) for d in dicts("scale")]
+    assert len(points) == 5 * 4 * 3
+    assert {p.mode for p in points} == set(settings.MODES)
+    assert {p.guest_mem_mib for p in points} == {256, 512, 1024, 2048, 4096}
+    assert all(p.workload.mib * 2 == p.guest_mem_mib for p in points)

@@ -45,3 +45,52 @@ def test_repeated_stop_keeps_the_first():
 def test_microsecond_carry_across_seconds():
     (window,) = pause_windows([ev("STOP", 7, 999_000), ev("RESUME", 8, 2_000)])
     assert window.pause_ms == pytest.approx(3.0)
+
+
+class ScriptedMonitor:
+    """Answers QMP commands from a script; records what was sent."""
+
+    def __init__(self, jobs_replies):
+        self.jobs_replies = list(jobs_replies)
+        self.sent = []
+
+    def cmd(self, command, args=None, timeout=None, debug=True):
+        self.sent.append(command)
+        if command == "query-jobs":
+            return self.jobs_replies.pop(0)
+        return {}
+
+
+def job(status, error=None):
+    reply = {"id": "j1", "type": "snapshot-save", "status": status}
+    if error:
+        reply["error"] = error
+    return [reply]
+
+
+def test_run_job_waits_for_concluded_and_dismisses():
+    from avocado_bgsnap.qmp import SnapshotQMP
+
+    mon = ScriptedMonitor([job("running"), job("running"), job("concluded")])
+    SnapshotQMP(mon).run_job("snapshot-save", {"job-id": "j1"}, timeout=5, poll_s=0)
+    assert mon.sent == ["snapshot-save", "query-jobs", "query-jobs", "query-jobs", "job-dismiss"]
+
+
+def test_run_job_error_carries_qemus_message_after_dismissing():
+    from avocado_bgsnap.qmp import QMPStepError, SnapshotQMP
+
+    mon = ScriptedMonitor([job("concluded", "Device 'x' is writable but does not support "
+                               "snapshots")])
+    with pytest.raises(QMPStepError, match="does not support snapshots"):
+        SnapshotQMP(mon).run_job("snapshot-save", {"job-id": "j1"}, timeout=5, poll_s=0)
+    assert mon.sent[-1] == "job-dismiss"
+
+
+def test_run_job_that_vanishes_or_hangs_is_an_error():
+    from avocado_bgsnap.qmp import QMPStepError, SnapshotQMP
+
+    with pytest.raises(QMPStepError, match="vanished"):
+        SnapshotQMP(ScriptedMonitor([[]])).run_job("snapshot-load", {"job-id": "j1"}, 5, 0)
+    with pytest.raises(QMPStepError, match="still 'running'"):
+        SnapshotQMP(ScriptedMonitor([job("running")] * 10)).run_job(
+            "snapshot-load", {"job-id": "j1"}, timeout=0, poll_s=0)

@@ -18,6 +18,13 @@ def test_defaults():
     assert cfg.accel == "auto" and cfg.negative_control == "none"
     assert cfg.transport.name == "file"
     assert cfg.max_pause_ms == 0
+    assert cfg.mode == "background" and cfg.max_bandwidth_mib_s == 0
+
+
+def test_snapshot_save_mode_with_its_negative_control():
+    cfg = settings.from_params(params(bgsnap_mode="snapshot_save",
+                                      bgsnap_negative_control="damage_file"))
+    assert cfg.mode == "snapshot_save" and cfg.transport.name == "file"
 
 
 def test_each_run_gets_its_own_nonce():
@@ -33,6 +40,11 @@ def test_each_run_gets_its_own_nonce():
     ({"bgsnap_save_uri": "tcp:{path}", "bgsnap_restore_uri": "exec:cat {path}"}, "must start"),
     ({"bgsnap_pattern": "zigzag"}, "pattern"),
     ({"max_pause_ms": "fast"}, "invalid bgsnap cfg"),
+    ({"bgsnap_mode": "savevm"}, "bgsnap_mode"),
+    ({"bgsnap_mode": "snapshot_save", "bgsnap_transport": "gzip"}, "does not apply"),
+    ({"bgsnap_mode": "snapshot_save", "bgsnap_negative_control": "late_image"},
+     "does not apply to bgsnap_mode = snapshot_save"),
+    ({"bgsnap_max_bandwidth_mib_s": -1}, "bgsnap_max_bandwidth_mib_s"),
 ])
 def test_bad_values_are_named(extra, message):
     with pytest.raises(settings.SettingsError, match=message):

@@ -7,7 +7,7 @@ from avocado_bgsnap import snapshot
 
 def test_success_renames_partial(tmp_path):
     target = tmp_path / "snap.bin"
-    with snapshot._written_atomically(target) as partial:
+    with snapshot.written_atomically(target) as partial:
         assert partial.name == "snap.bin.partial"
         partial.write_bytes(b"image")
         assert not target.exists()
@@ -18,7 +18,7 @@ def test_failure_leaves_nothing(tmp_path):
     target = tmp_path / "snap.bin"
     (tmp_path / "snap.bin.partial").write_bytes(b"stale from an earlier crash")
     with pytest.raises(RuntimeError):
-        with snapshot._written_atomically(target) as partial:
+        with snapshot.written_atomically(target) as partial:
             assert not partial.exists()  # a stale partial is never reused
             partial.write_bytes(b"half")
             raise RuntimeError("migration failed")
