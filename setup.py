@@ -35,6 +35,8 @@ setup(
         "avocado.plugins.settings": ["bgsnap-settings = avocado_bgsnap.plugin_settings:BgsnapSettings"],
         "avocado.plugins.init": ["bgsnap = avocado_bgsnap.plugin:BgsnapInit"],
         "avocado.plugins.cli.cmd": ["bgsnap = avocado_bgsnap.plugin:Bgsnap"],
+        "avocado.plugins.result_events": [
+            "bgsnap-progress = avocado_bgsnap.progress:BgsnapProgress"],
         "avocado.plugins.result": [
             "bgsnap-report = avocado_bgsnap.report.result_plugin:BgsnapReportResult"],
     },
