@@ -78,10 +78,10 @@ def make_report(job_paths: Sequence[Path | str], compare_paths: Sequence[Path | 
     sources = [str(j) for j in jobs]
     if compare_paths:
         base_jobs = collect.job_dirs(compare_paths)
-        comparisons.append(compare.compare_points(
+        comparisons = compare.compare_job_sets(
             collect.load_points(base_jobs), points,
             a_label=compare.jobs_label(base_jobs), b_label=compare.jobs_label(jobs),
-            min_effect=min_effect, alpha=alpha))
+            min_effect=min_effect, alpha=alpha)
         sources += [f"{j} (baseline A)" for j in base_jobs]
     else:
         comparisons = compare.compare_builds(points, min_effect=min_effect, alpha=alpha)

@@ -131,11 +131,44 @@ def compare_dirs(a_dirs: Sequence[Path | str], b_dirs: Sequence[Path | str],
     return compare_points(collect.load_points(a_jobs), collect.load_points(b_jobs), **kwargs)
 
 
+def _builds(points: Iterable[collect.Point]) -> set[str]:
+    return {p.qemu_build for p in points if p.kind == collect.KIND_SNAPSHOT}
+
+
+def _build_order(build: str) -> tuple:
+    """The system QEMU first, then the others by name."""
+    return (build != collect.DEFAULT_BUILD, build)
+
+
+def compare_job_sets(a_points: Sequence[collect.Point], b_points: Sequence[collect.Point],
+                     a_label: str, b_label: str, **kwargs) -> list[ABComparison]:
+    """Baseline jobs (A) against candidate jobs (B).
+
+    When both sides hold one QEMU build each, all of A is compared with all
+    of B (typically: the same suite before and after a patch, or two hosts).
+    When either side holds several builds (a side-by-side job run twice,
+    e.g. for an A/A), each build both sides ran is compared with itself, so
+    builds are never mixed; a build on one side only is named in a warning.
+    """
+    a_builds, b_builds = _builds(a_points), _builds(b_points)
+    if len(a_builds) <= 1 and len(b_builds) <= 1:
+        return [compare_points(a_points, b_points, a_label=a_label, b_label=b_label, **kwargs)]
+    result = [compare_points([p for p in a_points if p.qemu_build == build],
+                             [p for p in b_points if p.qemu_build == build],
+                             a_label=f"{a_label} [{build}]", b_label=f"{b_label} [{build}]",
+                             **kwargs)
+              for build in sorted(a_builds & b_builds, key=_build_order)]
+    one_sided = sorted(a_builds ^ b_builds, key=_build_order)
+    if result and one_sided:
+        result[0].warnings.append("QEMU build(s) on one side only (not compared): "
+                                  + ", ".join(one_sided))
+    return result
+
+
 def compare_builds(points: Sequence[collect.Point], baseline: str | None = None,
                    **kwargs) -> list[ABComparison]:
     """Each QEMU build against the baseline build (default: system, else the first)."""
-    names = sorted({p.qemu_build for p in points if p.kind == collect.KIND_SNAPSHOT},
-                   key=lambda b: (b != collect.DEFAULT_BUILD, b))
+    names = sorted(_builds(points), key=_build_order)
     if len(names) < 2:
         return []
     baseline = baseline or names[0]

@@ -65,3 +65,25 @@ def test_builds_of_one_job_are_compared_against_system(tmp_path):
     failed = [r for r in result.rows if r.failed_a]
     assert failed and all(r.mode == "background" and r.guest_mem_mib == 512 for r in failed)
     assert compare.compare_builds([p for p in points if p.qemu_build == "system"]) == []
+
+
+def test_side_by_side_jobs_are_compared_build_with_build(tmp_path):
+    # an A/A of a two-build job: each build against itself, never mixed
+    a = make_job(tmp_path, "job-a", scale_tests(builds=("system", "qemu10"), reps=5, seed=3))
+    b = make_job(tmp_path, "job-b", scale_tests(builds=("system",), reps=5, seed=4,
+                                                pause_scale={"system": 1.5}))
+    results = compare.compare_job_sets(collect.load_points([a]), collect.load_points([b]),
+                                       a_label="job-a", b_label="job-b")
+    (system,) = results
+    assert (system.a_label, system.b_label) == ("job-a [system]", "job-b [system]")
+    assert not any("mixes" in w for w in system.warnings)
+    assert any("one side only" in w and "qemu10" in w for w in system.warnings)
+    assert system.answer == compare.YES
+    assert {p.qemu_build for p in system.a_points} == {"system"}
+
+
+def test_single_build_sides_are_compared_whole(tmp_path):
+    a, b = _jobs(tmp_path, seed_a=11, seed_b=12)
+    (result,) = compare.compare_job_sets(collect.load_points([a]), collect.load_points([b]),
+                                         a_label="job-a", b_label="job-b")
+    assert (result.a_label, result.b_label) == ("job-a", "job-b") and result.answer == compare.NO
