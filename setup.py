@@ -29,6 +29,9 @@ setup(
         # Mann-Whitney U test of the A/B verdict (docs/report.md)
         "matplotlib",
         "scipy",
+        # avocado's HTML job page (results.html); the report plugin links
+        # its own report from it (docs/report.md)
+        "avocado-framework-plugin-result-html==113.0",
     ],
     extras_require={"test": ["pytest"]},
     entry_points={

@@ -170,3 +170,35 @@ def test_report_options_are_repeatable():
     args = vars(parser.parse_args(["--job", "a", "--job", "b", "--compare", "c"]))
     assert args == {"bgsnap.report_jobs": ["a", "b"], "bgsnap.report_compare": ["c"],
                     "bgsnap.report_output": None}
+
+
+AVOCADO_HTML = """<table>
+            <tr>
+              <td>Results Dir</td>
+              <td><a href="."><samp>job-x</samp></a></td>
+            </tr>
+            <tr>
+              <td>Cumulative test time</td>
+            </tr></table>"""
+
+
+def test_avocado_html_page_gets_one_link_row(tmp_path):
+    from avocado_bgsnap.report.result_plugin import link_from_avocado_html
+
+    report = tmp_path / "bgsnap-report" / "summary.html"
+    (tmp_path / "results.html").write_text(AVOCADO_HTML)
+    assert link_from_avocado_html(tmp_path, report)
+    assert link_from_avocado_html(tmp_path, report)  # idempotent
+    page = (tmp_path / "results.html").read_text()
+    assert page.count('href="bgsnap-report/summary.html"') == 1
+    assert page.index("Results Dir") < page.index("bgsnap report") < page.index("Cumulative")
+
+
+def test_avocado_html_page_of_another_shape_or_absent_is_left_alone(tmp_path):
+    from avocado_bgsnap.report.result_plugin import link_from_avocado_html
+
+    report = tmp_path / "bgsnap-report" / "summary.html"
+    assert not link_from_avocado_html(tmp_path, report)
+    (tmp_path / "results.html").write_text("<html>no table</html>")
+    assert not link_from_avocado_html(tmp_path, report)
+    assert (tmp_path / "results.html").read_text() == "<html>no table</html>"
