@@ -285,7 +285,8 @@ def plot_downtime_vs_pause(series, outdir: Path) -> Plot | None:
                 "Solid: the true pause (STOP to RESUME). Dashed: the 'downtime' QEMU reports "
                 "in query-migrate (medians; values printed where they differ 3x or more). "
                 "In stop_save mode the guest is stopped before the migration starts, so "
-                "QEMU's downtime misses almost all of the pause.")
+                "QEMU's downtime misses almost all of the pause. Modes without a downtime "
+                "figure (snapshot_save: not a migration) are not shown.")
 
 
 def plot_time_split(series, outdir: Path) -> Plot | None:
