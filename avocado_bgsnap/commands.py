@@ -94,7 +94,9 @@ def report(config) -> int:
     for what in ("html", "markdown", "csv", "json"):
         LOG_UI.info("%-8s %s", what, result.files[what])
     LOG_UI.info("plots    %s", " ".join(p.name for p in result.plots) or "none")
-    return EXIT_OK
+    for check in result.shape_failures:  # a job-level gate: the exit status says it
+        LOG_UI.error("shape check failed: %s", check.line)
+    return EXIT_FAIL if result.shape_failures else EXIT_OK
 
 
 def _added(build: qemu_builds.QemuBuild, wrapper: Path) -> None:

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
-from . import collect, compare, plots, render, stats, tables
+from . import collect, compare, plots, render, shapes, stats, tables
 from .figures import PAUSE, fmt, fmt_mib
 
 REPORT_DIR = "bgsnap-report"
@@ -24,6 +24,11 @@ class ReportFiles:
     files: dict[str, Path] = field(default_factory=dict)
     plots: list[Path] = field(default_factory=list)
     answers: list[str] = field(default_factory=list)
+    shape_checks: list[shapes.ShapeCheck] = field(default_factory=list)
+
+    @property
+    def shape_failures(self) -> list[shapes.ShapeCheck]:
+        return shapes.failed(self.shape_checks)
 
 
 def _pause_answers(series: Sequence[collect.Series]) -> list[str]:
@@ -49,6 +54,15 @@ def _pause_answers(series: Sequence[collect.Series]) -> list[str]:
             text += f"; medians of {runs} runs" + (f", {failed} failed" if failed else "")
             lines.append(text)
     return lines
+
+
+def shape_answer(checks: Sequence[shapes.ShapeCheck]) -> str:
+    counts = {o: sum(c.outcome == o for c in checks)
+              for o in (shapes.PASS, shapes.FAIL, shapes.NOT_CHECKED)}
+    text = (f"Expected shapes: {counts[shapes.PASS]} passed, {counts[shapes.FAIL]} failed, "
+            f"{counts[shapes.NOT_CHECKED]} not checked")
+    bad = shapes.failed(checks)
+    return text + ("; FAILED: " + "; ".join(c.line for c in bad) if bad else "")
 
 
 def default_outdir(first_path: Path | str) -> Path:
@@ -94,7 +108,10 @@ def make_report(job_paths: Sequence[Path | str], compare_paths: Sequence[Path | 
 
     report = render.Report(title="QEMU snapshot report: true pause and its cost",
                            sources=sources)
+    checks = shapes.check_shapes(series)
     report.answers = [c.answer_line() for c in comparisons] + _pause_answers(series)
+    if checks:
+        report.answers.append(shape_answer(checks))
     for comparison in comparisons:
         report.warnings += [f"A/B {comparison.b_label} vs {comparison.a_label}: {w}"
                             for w in comparison.warnings]
@@ -110,9 +127,11 @@ def make_report(job_paths: Sequence[Path | str], compare_paths: Sequence[Path | 
     if series:
         report.tables.append(tables.headline(series))
         report.tables += tables.mode_tables(series)
+    if checks:
+        report.tables.append(tables.shapes_table(checks))
     report.tables += [tables.ab_table(c) for c in comparisons]
     report.plots = plots.plot_all(series, comparisons, outdir)
     report.points_table = tables.points_table(points)
     files = render.write_all(report, points, outdir)
     return ReportFiles(outdir, files, [outdir / p.filename for p in report.plots],
-                       report.answers)
+                       report.answers, checks)

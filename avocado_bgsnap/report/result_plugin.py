@@ -95,3 +95,5 @@ class BgsnapReportResult(Result):
         if job.config.get("stdout_claimed_by", None) is None:
             LOG_UI.info("BGSNAP REPORT: %s%s", report.files["html"],
                         " (linked from results.html)" if linked else "")
+            for check in report.shape_failures:
+                LOG_UI.warning("BGSNAP SHAPE FAILED: %s", check.line)

@@ -7,6 +7,7 @@ from typing import Sequence
 
 from . import collect, stats
 from .compare import ABComparison
+from .shapes import ShapeCheck
 from .figures import (DIP, DOWNTIME, PAUSE, SNAPSHOT_MIB, TIME_SPLIT, TIME_SPLIT_NAMES, TOTAL,
                       Figure, fmt, fmt_mib, fmt_pct)
 
@@ -143,3 +144,13 @@ def points_table(points: Sequence[collect.Point]) -> Table:
             _short(p.outcome), fmt(p.pause_ms), stamps, fmt(p.downtime_ms), fmt(p.snapshot_total_s),
             split_text([p.figure(f.key) for f in TIME_SPLIT])])
     return table
+
+
+def shapes_table(checks: Sequence[ShapeCheck]) -> Table:
+    """The expected shapes of the pause over RAM, per build (report/shapes.py)."""
+    return Table("Expected shapes of the true pause over guest RAM",
+                 ["QEMU build", "mode", "check", "outcome", "measured"],
+                 [[c.build, c.mode, c.name, c.outcome, c.detail] for c in checks],
+                 note="background flat (largest / smallest RAM <= 2) and short (< 20 ms); "
+                      "stop_save and snapshot_save grow (>= 4). 'avocado bgsnap report' "
+                      "exits 1 when one fails.")
