@@ -143,6 +143,8 @@ def test_pausing_modes_pause_for_the_whole_save(tmp_path):
     assert damaged["mode"] == "snapshot_save"
     assert damaged["host_verify"].startswith("BAD: 1 bad page")
     assert not list(job.glob("**/bgsnap-snapshot.qcow2*"))
+    # avocado's HTML page links the bgsnap report written at job end
+    assert 'href="bgsnap-report/summary.html"' in (job / "results.html").read_text()
 
 
 def test_bad_cfg_value_is_a_clear_error_before_any_vm(tmp_path):
