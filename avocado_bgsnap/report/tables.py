@@ -151,6 +151,6 @@ def shapes_table(checks: Sequence[ShapeCheck]) -> Table:
     return Table("Expected shapes of the true pause over guest RAM",
                  ["QEMU build", "mode", "check", "outcome", "measured"],
                  [[c.build, c.mode, c.name, c.outcome, c.detail] for c in checks],
-                 note="background flat (largest / smallest RAM <= 2) and short (< 20 ms); "
-                      "stop_save and snapshot_save grow (>= 4). 'avocado bgsnap report' "
-                      "exits 1 when one fails.")
+                 note="background flat (pause at the largest / smallest RAM <= 2) and short "
+                      "(< 20 ms); stop_save and snapshot_save grow (the same ratio >= the RAM "
+                      "ratio^0.5). 'avocado bgsnap report' exits 1 when one fails.")

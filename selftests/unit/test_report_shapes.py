@@ -59,3 +59,15 @@ def test_report_command_fails_when_a_shape_fails(tmp_path):
     result = build.make_report([job])
     assert [(c.mode, c.name) for c in result.shape_failures] == [("stop_save", "grows")]
     assert "FAIL" in (job / "bgsnap-report" / "summary.md").read_text()
+
+
+def test_the_growth_bound_scales_with_the_ram_span(tmp_path):
+    # 256 MiB -> 1 GiB (4x): pause ~ RAM^0.65 grows (2.46 >= 2), RAM^0.3 does not (1.52 < 2)
+    for k, expected in ((0.65, "PASS"), (0.3, "FAIL")):
+        tests = with_pause(scale_tests(sizes=(256, 1024), reps=3),
+                           lambda mode, mem, pause, k=k: 200.0 * (mem / 256) ** k
+                           if mode == "stop_save" else pause)
+        checks = shapes.check_shapes(series_of(tmp_path / str(k), tests))
+        grows = [c for c in checks if c.name == "grows"][0]
+        assert grows.outcome == expected, grows.detail
+        assert "must be >= 2.00" in grows.detail
