@@ -80,16 +80,18 @@ def _ram_axis(ax, sizes: Sequence[int]) -> None:
 
 def _log_y(ax) -> None:
     """log y with plain numbers (0.5, 2, 300) instead of 5x10^-1; minor labels
-    (2, 5 x 10^k) only when the data spans little more than a decade."""
+    (2, 3, 5 x 10^k) only when the data spans little more than a decade, every
+    minor tick when it spans less than 3x (else a panel may show one label)."""
     ax.set_yscale("log")
     ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: fmt(v, 2)))
 
     def minor(value, _):
         low, high = ax.get_ylim()
-        if high / max(low, 1e-300) > 30:
+        span = high / max(low, 1e-300)
+        if span > 30:
             return ""
         lead = round(value / 10 ** math.floor(math.log10(value)), 6)
-        return fmt(value, 2) if lead in (2, 3, 5) else ""
+        return fmt(value, 2) if span < 3 or lead in (2, 3, 5) else ""
 
     ax.yaxis.set_minor_formatter(FuncFormatter(minor))
 
