@@ -105,6 +105,8 @@ def compare_points(a_points: Sequence[collect.Point], b_points: Sequence[collect
                       key=lambda k: (collect.mode_sort_key(k[0]), k[1])):
         a, b = a_pairs[key], b_pairs[key]
         for figure in figures:
+            if not figure.applies_to(key[0]):
+                continue
             verdict = stats.compare([p.figure(figure.key) for p in a],
                                     [p.figure(figure.key) for p in b],
                                     min_effect=min_effect, alpha=alpha,

@@ -9,12 +9,23 @@ import math
 from dataclasses import dataclass
 
 
+# Modes whose guest keeps running while its RAM is saved (cycle.RUNNING_MODES).
+RUNNING_MODES = ("background", "precopy")
+
+
 @dataclass(frozen=True)
 class Figure:
     key: str
     label: str
     unit: str
     higher_is_worse: bool = True
+    # a figure of the guest's writes DURING the save: only defined where the
+    # guest runs during it (in stop_save/snapshot_save it is stopped, and the
+    # "during" window holds the few writes around the pause: noise)
+    running_guest_only: bool = False
+
+    def applies_to(self, mode_label: str) -> bool:
+        return not self.running_guest_only or mode_label.split("+", 1)[0] in RUNNING_MODES
 
     @property
     def title(self) -> str:
@@ -26,8 +37,10 @@ DOWNTIME = Figure("downtime_ms", "QEMU downtime", "ms")
 TOTAL = Figure("snapshot_total_s", "snapshot total time", "s")
 SNAPSHOT_MIB = Figure("snapshot_mib", "snapshot size", "MiB")
 DIP = Figure("dip_pct", "guest write throughput dip", "%")
-STALL_MAX = Figure("stall_max_ms", "longest guest write during the snapshot", "ms")
-STALL_P99 = Figure("stall_p99_us", "p99 guest write during the snapshot", "µs")
+STALL_MAX = Figure("stall_max_ms", "longest guest write during the snapshot", "ms",
+                   running_guest_only=True)
+STALL_P99 = Figure("stall_p99_us", "p99 guest write during the snapshot", "µs",
+                   running_guest_only=True)
 BOOT = Figure("boot_s", "boot", "s")
 FILL = Figure("fill_s", "fill", "s")
 RESTORE = Figure("restore_s", "restore", "s")

@@ -15,7 +15,11 @@ def test_a_a_same_build_twice_flags_nothing(tmp_path):
     a, b = _jobs(tmp_path, seed_a=11, seed_b=12)
     result = compare.compare_dirs([a], [b])
     assert (result.a_label, result.b_label) == ("job-a", "job-b")
-    assert len(result.rows) == 2 * 3 * 4            # modes x sizes x compared figures
+    # background: 4 figures per size; stop_save: no guest-write figures (the
+    # guest is stopped during the save), pause and total time only
+    assert len(result.rows) == 3 * 4 + 3 * 2
+    assert {r.figure.key for r in result.rows if r.mode == "stop_save"} == {
+        "pause_ms", "snapshot_total_s"}
     assert [r for r in result.rows if r.verdict.flagged] == []
     assert result.answer == compare.NO
     assert result.answer_line().startswith("Is job-b worse than job-a (pause or stalls)? no")
