@@ -8,6 +8,7 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
 
 void sb_init(struct sbuf *b)
@@ -141,4 +142,58 @@ uint64_t wl_now_ns(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+static int use_tsc;
+static double ns_per_tick = 1.0;
+
+static uint64_t rdtsc_raw(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    uint32_t lo, hi;
+    __asm__ __volatile__("rdtsc" : "=a"(lo), "=d"(hi));
+    return ((uint64_t)hi << 32) | lo;
+#else
+    return 0;
+#endif
+}
+
+/* The kernel trusts the TSC only if it made it the clocksource. */
+static int kernel_uses_tsc(void)
+{
+    char name[32] = "";
+    FILE *f = fopen("/sys/devices/system/clocksource/clocksource0/current_clocksource", "r");
+    if (!f)
+        return 0;
+    if (!fgets(name, sizeof(name), f))
+        name[0] = 0;
+    fclose(f);
+    return strncmp(name, "tsc", 3) == 0 && (name[3] == '\n' || name[3] == 0);
+}
+
+void wl_ticks_calibrate(void)
+{
+    struct timespec pause = {0, 20 * 1000000L};
+    uint64_t n0, t0, n1, t1;
+    if (!rdtsc_raw() || !kernel_uses_tsc()) {
+        use_tsc = 0;
+        return;
+    }
+    n0 = wl_now_ns();
+    t0 = rdtsc_raw();
+    nanosleep(&pause, NULL);
+    n1 = wl_now_ns();
+    t1 = rdtsc_raw();
+    use_tsc = t1 > t0 && n1 > n0;
+    ns_per_tick = use_tsc ? (double)(n1 - n0) / (double)(t1 - t0) : 1.0;
+}
+
+uint64_t wl_ticks(void)
+{
+    return use_tsc ? rdtsc_raw() : wl_now_ns();
+}
+
+uint64_t wl_ticks_ns(uint64_t from, uint64_t to)
+{
+    return to > from ? (uint64_t)((double)(to - from) * ns_per_tick) : 0;
 }

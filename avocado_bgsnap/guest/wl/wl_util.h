@@ -27,4 +27,12 @@ int wl_parse_double(const char *s, double *out);
 
 uint64_t wl_now_ns(void); /* CLOCK_MONOTONIC */
 
+/* Cheap timestamps for the per-write latency: the time-stamp counter
+ * (rdtsc) once wl_ticks_calibrate() has scaled it against CLOCK_MONOTONIC
+ * and found it sane, else CLOCK_MONOTONIC itself.  Under TCG a rdtsc costs
+ * the writers far less than clock_gettime's vDSO path. */
+void wl_ticks_calibrate(void);
+uint64_t wl_ticks(void);
+uint64_t wl_ticks_ns(uint64_t from, uint64_t to); /* 0 if to < from */
+
 #endif
