@@ -16,7 +16,7 @@ from typing import Callable
 from . import internal_snapshot, snapshot, verifier, vt_compat
 from .metrics import Metrics
 from .qmp import UNLIMITED_BANDWIDTH, SnapshotQMP
-from .settings import BgsnapSettings
+from .settings import RUNNING_MODES, BgsnapSettings
 from .workload import WINDOW_AFTER, WINDOW_BEFORE, WINDOW_DURING, GuestWorkload
 from .wlproto import VerifyResult
 
@@ -24,8 +24,6 @@ SNAPSHOT_STEM = "bgsnap-snapshot"
 LATE_IMAGE_STEM = "bgsnap-late-image"
 DUMP_NAME = "bgsnap-restored-ram.elf"
 LOGIN_TIMEOUT = 120
-# Modes whose guest keeps running while the RAM is saved.
-RUNNING_MODES = ("background", "precopy")
 # A running guest answers 'ctl status' in well under a second, even under TCG.
 AFTER_RESUME_TIMEOUT = 20
 

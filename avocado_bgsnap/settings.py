@@ -19,6 +19,8 @@ NEGATIVE_CONTROLS = ("none", "damage_file", "damage_in_transit", "late_image")
 # cont; snapshot_save: an internal snapshot into a qcow2 (snapshot-save job);
 # precopy: live migration into the file (its END state is the image).
 MODES = ("background", "stop_save", "snapshot_save", "precopy")
+# The modes whose guest keeps running while its RAM is saved.
+RUNNING_MODES = ("background", "precopy")
 # Negative controls that make sense for an internal snapshot (no migration
 # stream to damage in transit; the late image is a migration stream).
 INTERNAL_NEGATIVE_CONTROLS = ("none", "damage_file")

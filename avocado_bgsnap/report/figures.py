@@ -8,9 +8,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-
-# Modes whose guest keeps running while its RAM is saved (cycle.RUNNING_MODES).
-RUNNING_MODES = ("background", "precopy")
+from ..settings import RUNNING_MODES
 
 
 @dataclass(frozen=True)
