@@ -49,8 +49,12 @@ def new_figure(width: float, height: float) -> MplFigure:
     return figure
 
 
-def _save(figure: MplFigure, path: Path) -> None:
+def _finish(figure: MplFigure, path: Path, title: str, caption: str,
+            title_size: int = 13) -> Plot:
+    """Title the figure, write it as ``path`` (PNG) and describe it."""
+    figure.suptitle(title, fontsize=title_size)
     figure.canvas.print_png(str(path))
+    return Plot(path.name, title, caption)
 
 
 def _grid(figure: MplFigure, count: int, sharey: bool = False):
@@ -174,9 +178,7 @@ def _scaling_plot(series: Sequence[collect.Series], figure_def: Figure, path: Pa
     labels += ["one run", "one run, test failed"]
     figure.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), 4),
                   title="median with p10-p90 whiskers")
-    figure.suptitle(title, fontsize=13)
-    _save(figure, path)
-    return Plot(path.name, title, caption)
+    return _finish(figure, path, title, caption)
 
 
 def plot_pause(series, outdir: Path) -> Plot | None:
@@ -234,13 +236,10 @@ def plot_throughput(series, outdir: Path) -> Plot | None:
     handles, labels = axes[0].get_legend_handles_labels()
     figure.legend(handles, labels, loc="outside lower center", ncols=3)
     title = "Guest write throughput before / during / after the snapshot"
-    figure.suptitle(title, fontsize=13)
-    path = outdir / "throughput.png"
-    _save(figure, path)
-    return Plot(path.name, title,
-                "Median MiB/s the guest's writers achieved in each window; 'dip' is how much "
-                "slower they wrote during the snapshot than before it. A rate-limited "
-                "workload shows no dip unless the snapshot slows it below its rate.")
+    return _finish(figure, outdir / "throughput.png", title,
+                   "Median MiB/s the guest's writers achieved in each window; 'dip' is how much "
+                   "slower they wrote during the snapshot than before it. A rate-limited "
+                   "workload shows no dip unless the snapshot slows it below its rate.")
 
 
 def plot_downtime_vs_pause(series, outdir: Path) -> Plot | None:
@@ -280,15 +279,12 @@ def plot_downtime_vs_pause(series, outdir: Path) -> Plot | None:
         ax.tick_params(axis="y", which="both", labelleft=True)
         ax.legend(fontsize=8)
     title = "QEMU's reported downtime vs the true pause"
-    figure.suptitle(title, fontsize=13)
-    path = outdir / "downtime_vs_pause.png"
-    _save(figure, path)
-    return Plot(path.name, title,
-                "Solid: the true pause (STOP to RESUME). Dashed: the 'downtime' QEMU reports "
-                "in query-migrate (medians; values printed where they differ 3x or more). "
-                "In stop_save mode the guest is stopped before the migration starts, so "
-                "QEMU's downtime misses almost all of the pause. Modes without a downtime "
-                "figure (snapshot_save: not a migration) are not shown.")
+    return _finish(figure, outdir / "downtime_vs_pause.png", title,
+                   "Solid: the true pause (STOP to RESUME). Dashed: the 'downtime' QEMU reports "
+                   "in query-migrate (medians; values printed where they differ 3x or more). "
+                   "In stop_save mode the guest is stopped before the migration starts, so "
+                   "QEMU's downtime misses almost all of the pause. Modes without a downtime "
+                   "figure (snapshot_save: not a migration) are not shown.")
 
 
 def plot_time_split(series, outdir: Path) -> Plot | None:
@@ -318,12 +314,9 @@ def plot_time_split(series, outdir: Path) -> Plot | None:
     handles, labels = axes[0].get_legend_handles_labels()
     figure.legend(handles, labels, loc="outside lower center", ncols=len(labels))
     title = "Where a test's time goes"
-    figure.suptitle(title, fontsize=13)
-    path = outdir / "time_split.png"
-    _save(figure, path)
-    return Plot(path.name, title, "Median seconds per phase of one test, per mode and RAM "
-                "size: boot, workload fill, snapshot save, restore, memory dump, host "
-                "verification.")
+    return _finish(figure, outdir / "time_split.png", title,
+                   "Median seconds per phase of one test, per mode and RAM size: boot, "
+                   "workload fill, snapshot save, restore, memory dump, host verification.")
 
 
 def plot_ab(comparison: ABComparison, figure_def: Figure, path: Path) -> Plot | None:
@@ -373,14 +366,12 @@ def plot_ab(comparison: ABComparison, figure_def: Figure, path: Path) -> Plot | 
         ax.legend(fontsize=8, title="bar = median", title_fontsize=8)
     title = f"{figure_def.label[0].upper()}{figure_def.label[1:]}: " \
             f"{comparison.b_label} (B) vs {comparison.a_label} (A)"
-    figure.suptitle(title, fontsize=12)
-    _save(figure, path)
     first = next(iter(verdicts.values()))
-    return Plot(path.name, title,
-                f"Every run of A and B per RAM size (log scale), the bar is the median. "
-                f"WORSE/better: Mann-Whitney p < {first.alpha:g} and the medians differ by "
-                f"at least {first.min_effect * 100:.0f} %; 'same' otherwise; 'few runs': "
-                f"not enough runs on a side for a verdict.")
+    return _finish(figure, path, title,
+                   f"Every run of A and B per RAM size (log scale), the bar is the median. "
+                   f"WORSE/better: Mann-Whitney p < {first.alpha:g} and the medians differ "
+                   f"by at least {first.min_effect * 100:.0f} %; 'same' otherwise; 'few "
+                   f"runs': not enough runs on a side for a verdict.", title_size=12)
 
 
 def plot_all(series: Sequence[collect.Series], comparisons: Sequence[ABComparison],
