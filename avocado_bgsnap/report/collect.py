@@ -444,10 +444,14 @@ def group_series(points: Iterable[Point]) -> list[Series]:
                   key=lambda s: (s.qemu_build, mode_sort_key(s.mode), s.guest_mem_mib))
 
 
+def build_sort_key(build: str) -> tuple:
+    """The system QEMU first, then the other builds by name."""
+    return (build != DEFAULT_BUILD, build)
+
+
 def builds(series: Iterable[Series]) -> list[str]:
     """Build names, the system QEMU first."""
-    names = {s.qemu_build for s in series}
-    return sorted(names, key=lambda b: (b != DEFAULT_BUILD, b))
+    return sorted({s.qemu_build for s in series}, key=build_sort_key)
 
 
 def modes(series: Iterable[Series]) -> list[str]:

@@ -137,11 +137,6 @@ def _builds(points: Iterable[collect.Point]) -> set[str]:
     return {p.qemu_build for p in points if p.kind == collect.KIND_SNAPSHOT}
 
 
-def _build_order(build: str) -> tuple:
-    """The system QEMU first, then the others by name."""
-    return (build != collect.DEFAULT_BUILD, build)
-
-
 def compare_job_sets(a_points: Sequence[collect.Point], b_points: Sequence[collect.Point],
                      a_label: str, b_label: str, **kwargs) -> list[ABComparison]:
     """Baseline jobs (A) against candidate jobs (B).
@@ -159,8 +154,8 @@ def compare_job_sets(a_points: Sequence[collect.Point], b_points: Sequence[colle
                              [p for p in b_points if p.qemu_build == build],
                              a_label=f"{a_label} [{build}]", b_label=f"{b_label} [{build}]",
                              **kwargs)
-              for build in sorted(a_builds & b_builds, key=_build_order)]
-    one_sided = sorted(a_builds ^ b_builds, key=_build_order)
+              for build in sorted(a_builds & b_builds, key=collect.build_sort_key)]
+    one_sided = sorted(a_builds ^ b_builds, key=collect.build_sort_key)
     if result and one_sided:
         result[0].warnings.append("QEMU build(s) on one side only (not compared): "
                                   + ", ".join(one_sided))
@@ -170,7 +165,7 @@ def compare_job_sets(a_points: Sequence[collect.Point], b_points: Sequence[colle
 def compare_builds(points: Sequence[collect.Point], baseline: str | None = None,
                    **kwargs) -> list[ABComparison]:
     """Each QEMU build against the baseline build (default: system, else the first)."""
-    names = sorted(_builds(points), key=_build_order)
+    names = sorted(_builds(points), key=collect.build_sort_key)
     if len(names) < 2:
         return []
     baseline = baseline or names[0]

@@ -203,7 +203,7 @@ def plot_throughput(series, outdir: Path) -> Plot | None:
     if not shown:
         return None
     panels = sorted({(s.qemu_build, s.mode) for s in shown},
-                    key=lambda k: (k[0] != collect.DEFAULT_BUILD, k[0], collect.mode_sort_key(k[1])))
+                    key=lambda k: (collect.build_sort_key(k[0]), collect.mode_sort_key(k[1])))
     multi_build = len({b for b, _ in panels}) > 1
     figure = new_figure(6.2 if len(panels) == 1 else 11, 4.0 * math.ceil(len(panels) / 2))
     axes = _grid(figure, len(panels))
