@@ -15,12 +15,11 @@ open it to ``snapshot-load`` while the source keeps running.
 import contextlib
 import shutil
 import subprocess
-import time
 from pathlib import Path
 from typing import Callable
 
 from . import snapshot
-from .qmp import QMPStepError, SnapshotQMP, pause_windows, total_pause_ms
+from .qmp import QMPStepError, SnapshotQMP
 
 NODE = "bgsnap-vmstate"
 TAG = "bgsnap"
@@ -97,18 +96,12 @@ def take_internal_snapshot(qmp: SnapshotQMP, path: Path, timeout: float,
         create_image(partial)
         with _attached(qmp, partial):
             qmp.clear_events()
-            started = time.monotonic()
-            qmp.run_job("snapshot-save", _job_args("bgsnap-save"), timeout)
-            total_s = time.monotonic() - started
+            total_s = qmp.run_job("snapshot-save", _job_args("bgsnap-save"), timeout)
             state_bytes = vmstate_size(qmp)
-    events = tuple(qmp.events())
-    windows = tuple(pause_windows(events))
     log("snapshot-save: %.0f MiB of VM state in %.1fs" % (state_bytes / 2**20, total_s))
-    return snapshot.SnapshotResult(
-        path=path, snapshot_bytes=path.stat().st_size, pause_windows=windows,
-        pause_ms=total_pause_ms(list(windows)), downtime_ms=None, setup_ms=None,
-        total_s=total_s, ram_transferred_bytes=state_bytes, ram_total_bytes=state_bytes,
-        raw_events=events)
+    # QEMU gives no downtime for it: not a migration
+    return snapshot.snapshot_result(qmp, path, total_s, transferred_bytes=state_bytes,
+                                    total_bytes=state_bytes)
 
 
 @contextlib.contextmanager

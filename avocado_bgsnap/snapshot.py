@@ -116,22 +116,34 @@ def _progress_logger(log: Callable[[str], None], started: float) -> Callable[[di
     return progress
 
 
-def _result(qmp: SnapshotQMP, path: Path, info: dict, total_s: float) -> SnapshotResult:
+def snapshot_result(qmp: SnapshotQMP, path: Path, total_s: float, *,
+                    downtime_ms: float | None = None, setup_ms: float | None = None,
+                    transferred_bytes: int = 0, total_bytes: int = 0) -> SnapshotResult:
+    """The result of a save into ``path``: the pause from the STOP/RESUME
+    events ``qmp`` collected since it cleared them, the rest as given."""
     events = tuple(qmp.events())
     windows = tuple(pause_windows(events))
-    ram = info.get("ram", {})
     return SnapshotResult(
         path=path,
         snapshot_bytes=path.stat().st_size,
         pause_windows=windows,
         pause_ms=total_pause_ms(list(windows)),
-        downtime_ms=info.get("downtime"),
-        setup_ms=info.get("setup-time"),
+        downtime_ms=downtime_ms,
+        setup_ms=setup_ms,
         total_s=total_s,
-        ram_transferred_bytes=int(ram.get("transferred", 0)),
-        ram_total_bytes=int(ram.get("total", 0)),
+        ram_transferred_bytes=transferred_bytes,
+        ram_total_bytes=total_bytes,
         raw_events=events,
     )
+
+
+def _result(qmp: SnapshotQMP, path: Path, info: dict, total_s: float) -> SnapshotResult:
+    """A migration's result, with QEMU's own figures from query-migrate."""
+    ram = info.get("ram", {})
+    return snapshot_result(qmp, path, total_s, downtime_ms=info.get("downtime"),
+                           setup_ms=info.get("setup-time"),
+                           transferred_bytes=int(ram.get("transferred", 0)),
+                           total_bytes=int(ram.get("total", 0)))
 
 
 def _raise_if_migration_failed(qmp: SnapshotQMP, cause: Exception) -> None:
