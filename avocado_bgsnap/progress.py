@@ -3,9 +3,10 @@
 avocado's human UI prints each test as it starts and ends; a 60-point
 matrix also needs to say how long is left.  :class:`EtaModel` predicts each
 remaining test's run time from the tests already finished: the mean of the
-same (mode, guest RAM) when one ran, else a straight line in guest RAM
-fitted over every finished test of that mode (or of all modes, until a
-mode has its own).  Pure logic, unit-tested; :class:`BgsnapProgress` is the
+same (mode, guest RAM) when one ran; else a straight line in guest RAM
+fitted over the finished tests of that mode once they cover two sizes (with
+one size, their mean); a mode with no finished test borrows the line (or
+mean) of all finished tests.  Pure logic, unit-tested; :class:`BgsnapProgress` is the
 thin avocado ``result_events`` plugin over it (entry point
 ``bgsnap-progress``), silent for jobs of fewer than ``MIN_TESTS`` bgsnap
 tests.
@@ -34,13 +35,10 @@ class Planned:
 def _line_fit(samples: list[tuple[float, float]]) -> tuple[float, float] | None:
     """Least-squares (intercept, slope) of duration over RAM; None with
     fewer than two distinct RAM sizes."""
-    xs = [x for x, _ in samples]
-    if len(set(xs)) < 2:
+    if len({x for x, _ in samples}) < 2:
         return None
-    mx, my = statistics.fmean(xs), statistics.fmean(y for _, y in samples)
-    sxx = sum((x - mx) ** 2 for x in xs)
-    slope = sum((x - mx) * (y - my) for x, y in samples) / sxx
-    return my - slope * mx, slope
+    fit = statistics.linear_regression([x for x, _ in samples], [y for _, y in samples])
+    return fit.intercept, fit.slope
 
 
 class EtaModel:
@@ -48,6 +46,7 @@ class EtaModel:
 
     def __init__(self, plan: list[Planned]):
         self.plan = list(plan)
+        self.names = {p.name for p in self.plan}
         self.done: dict[str, float] = {}
 
     def finished(self, name: str, seconds: float) -> None:
@@ -154,9 +153,7 @@ class BgsnapProgress(ResultEvents):
 
     def end_test(self, result, state):
         name = _test_name(state)
-        if self.model is None or name is None:
-            return
-        if name not in {p.name for p in self.model.plan}:
+        if self.model is None or name not in self.model.names:
             return
         self.model.finished(name, float(state.get("time_elapsed") or 0.0))
         line = progress_line(self.model, time.monotonic() - self.started,
