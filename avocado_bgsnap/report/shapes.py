@@ -18,7 +18,7 @@ check is "not checked", never a pass.  Pure: no I/O.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 from . import collect, stats
 from .figures import PAUSE, fmt, fmt_mib
@@ -53,19 +53,21 @@ def _medians(series: Sequence[collect.Series], build: str, mode: str) -> list[tu
 
 
 def _ratio_check(build: str, mode: str, name: str, medians: list[tuple[int, float]],
-                 limit, passes, rule: str) -> ShapeCheck:
-    """``limit(ram_ratio)`` is the bound for the pause ratio, ``passes(ratio,
-    bound)`` says whether it holds; ``rule`` shows the comparison."""
+                 bound_for: Callable[[float], float], at_most: bool) -> ShapeCheck:
+    """The pause ratio (largest / smallest RAM) must be at most (or, with
+    ``at_most`` false, at least) ``bound_for(RAM ratio)``."""
     if len(medians) < 2 or medians[-1][0] / medians[0][0] < MIN_RAM_SPAN:
         sizes = ", ".join(fmt_mib(m) for m, _ in medians) or "none"
         return ShapeCheck(build, mode, name, NOT_CHECKED,
                           f"needs two sizes {MIN_RAM_SPAN:g}x apart, measured: {sizes}")
     (lo_mem, lo), (hi_mem, hi) = medians[0], medians[-1]
     ratio = hi / lo if lo > 0 else float("inf")
-    bound = limit(hi_mem / lo_mem)
-    return ShapeCheck(build, mode, name, PASS if passes(ratio, bound) else FAIL,
+    bound = bound_for(hi_mem / lo_mem)
+    holds = ratio <= bound if at_most else ratio >= bound
+    return ShapeCheck(build, mode, name, PASS if holds else FAIL,
                       f"{fmt(hi)} ms at {fmt_mib(hi_mem)} / {fmt(lo)} ms at "
-                      f"{fmt_mib(lo_mem)} = {ratio:.2f}, must be {rule} {bound:.2f}")
+                      f"{fmt_mib(lo_mem)} = {ratio:.2f}, must be {'<=' if at_most else '>='} "
+                      f"{bound:.2f}")
 
 
 def check_shapes(series: Sequence[collect.Series]) -> list[ShapeCheck]:
@@ -76,7 +78,7 @@ def check_shapes(series: Sequence[collect.Series]) -> list[ShapeCheck]:
         if "background" in modes:
             medians = _medians(series, build, "background")
             checks.append(_ratio_check(build, "background", "flat", medians,
-                                       lambda ram: FLAT_MAX_RATIO, lambda r, b: r <= b, "<="))
+                                       lambda ram: FLAT_MAX_RATIO, at_most=True))
             if medians:
                 worst_mem, worst = max(medians, key=lambda m: m[1])
                 checks.append(ShapeCheck(
@@ -88,7 +90,7 @@ def check_shapes(series: Sequence[collect.Series]) -> list[ShapeCheck]:
             if mode in modes:
                 checks.append(_ratio_check(build, mode, "grows", _medians(series, build, mode),
                                            lambda ram: ram ** GROW_MIN_EXPONENT,
-                                           lambda r, b: r >= b, ">="))
+                                           at_most=False))
     return checks
 
 
