@@ -14,8 +14,10 @@ from pathlib import Path
 from typing import Callable
 
 from . import internal_snapshot, snapshot, verifier, vt_compat
+from .during import DuringSaveRun, SaveContext
+from .memory.predict import Expectation, Judgement, judge
 from .metrics import Metrics
-from .qmp import UNLIMITED_BANDWIDTH, SnapshotQMP
+from .qmp import UNLIMITED_BANDWIDTH, QMPStepError, SnapshotQMP
 from .settings import RUNNING_MODES, BgsnapSettings
 from .workload import WINDOW_AFTER, WINDOW_BEFORE, WINDOW_DURING, GuestWorkload
 from .wlproto import VerifyResult
@@ -34,8 +36,12 @@ class CycleError(Exception):
 
 class SnapshotCycle:
     def __init__(self, vm, cfg: BgsnapSettings, record: Metrics, workdir: Path,
-                 wl_binary: Path, log: Callable[[str], None]):
+                 wl_binary: Path, log: Callable[[str], None],
+                 during: DuringSaveRun | None = None,
+                 restore_params: tuple[tuple[str, str], ...] = ()):
         self.vm = vm
+        self.during = during or DuringSaveRun((), log)
+        self.restore_params = dict(restore_params)
         self.cfg = cfg
         self.record = record
         self.log = log
@@ -80,16 +86,39 @@ class SnapshotCycle:
         self.log("workload running: %s" % status)
 
     # -- 3 ------------------------------------------------------------------
+    def offer_background_snapshot(self, expected: Expectation) -> Judgement:
+        """Turn background-snapshot on and judge QEMU's answer against the
+        prediction (accepted where supported, refused where not)."""
+        qmp = SnapshotQMP(self.vm.monitor, self.log)
+        try:
+            qmp.enable_background_snapshot(self.cfg.transport.capabilities)
+            refusal = None
+        except QMPStepError as exc:
+            refusal = exc.qemu_message
+        judgement = judge(expected, refusal)
+        self.record.update({"expected": expected.to_dict(), "qemu_refusal": refusal,
+                            "prediction_check": judgement.outcome})
+        self.log("background-snapshot %s; predicted %s (%s): %s" % (
+            "refused" if refusal else "accepted",
+            "supported" if expected.supported else "unsupported", expected.reason,
+            judgement.outcome))
+        return judgement
+
     def take_snapshot(self) -> snapshot.SnapshotResult:
         """Take the snapshot in the configured mode; the image is restored later."""
         qmp = SnapshotQMP(self.vm.monitor, self.log)
+        ctx = SaveContext(self.vm, qmp, self.log)
+        self.during.before_trigger(ctx)
         self.steps_before = self.workload.committed()
         self.workload.mark(WINDOW_DURING)
         self.record.set("rss_before_kib", _rss_kib(self.vm.get_pid()))
         self.log("%s snapshot -> %s" % (self.cfg.mode, self.snapshot_path))
         self.triggered_at = time.monotonic()
-        result = self._take(qmp)
+        result = self._take(qmp, ctx)
         self.record.set("rss_after_kib", _rss_kib(self.vm.get_pid()))
+        if self.during:
+            self.during.settle(ctx)
+            self.record.set("during_save", self.during.records)
         self.steps_completed = self.workload.committed()
         self.workload.mark(WINDOW_AFTER)
         self.record.update({
@@ -110,12 +139,13 @@ class SnapshotCycle:
                     result.snapshot_bytes / 2**20, result.total_s))
         return result
 
-    def _take(self, qmp: SnapshotQMP) -> snapshot.SnapshotResult:
+    def _take(self, qmp: SnapshotQMP, ctx: SaveContext) -> snapshot.SnapshotResult:
         args = (qmp, self.cfg.transport, self.snapshot_path, self.cfg.snapshot_timeout_s,
                 self.log)
         if self.cfg.mode == "background":
             def after_resume():
                 self.steps_after_resume = self.workload.committed(timeout=AFTER_RESUME_TIMEOUT)
+                self.during.act(ctx)
             return snapshot.take_background_snapshot(*args, on_resume=after_resume)
         if self.internal:
             result = internal_snapshot.take_internal_snapshot(
@@ -181,7 +211,7 @@ class SnapshotCycle:
         if self.internal:
             return internal_snapshot.restored_vm(self.vm, self.image_path, timeout, self.log)
         return snapshot.restored_vm(self.vm, self.cfg.transport, self.image_path, timeout,
-                                    self.log)
+                                    self.log, self.restore_params)
 
     def restore_and_verify(self) -> None:
         self.record.start("restore")
@@ -228,9 +258,13 @@ class SnapshotCycle:
                         f"(steps before trigger / right after RESUME): not the START state")
         return None
 
+    def harness_errors(self) -> list[str]:
+        """What makes this run not a test of what it claims (an ERROR)."""
+        return self.during.missed()
+
     def verdict(self) -> str | None:
         """None when the test passes, else the failure message."""
-        errors = []
+        errors = list(self.during.errors())
         if self.cfg.mode in RUNNING_MODES and self.record.get("steps_during_save", 0) <= 0:
             errors.append("the source guest made no progress during the save")
         if not self.source_verify.clean:

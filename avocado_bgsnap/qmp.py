@@ -32,6 +32,13 @@ class QMPStepError(Exception):
         self.command = command
         self.reply = reply
 
+    @property
+    def qemu_message(self) -> str:
+        """QEMU's own error text (its ``desc``) when the reply carries one."""
+        if isinstance(self.reply, dict) and self.reply.get("desc"):
+            return str(self.reply["desc"])
+        return str(self)
+
 
 class MigrationFailed(QMPStepError):
     """query-migrate reached 'failed'/'cancelled' (or the wait timed out)."""
@@ -222,6 +229,22 @@ class SnapshotQMP:
         if job.get("error"):
             raise QMPStepError(f"{command} failed: {job['error']}", command, job)
         return elapsed
+
+    def balloon(self, target_bytes: int) -> None:
+        self._cmd("balloon", {"value": int(target_bytes)})
+
+    def balloon_actual(self) -> int:
+        """The guest's memory as the balloon says (bytes)."""
+        return int(self._cmd("query-balloon", debug=False)["actual"])
+
+    def qom_get(self, path: str, prop: str):
+        return self._cmd("qom-get", {"path": path, "property": prop}, debug=False)
+
+    def qom_set(self, path: str, prop: str, value) -> None:
+        self._cmd("qom-set", {"path": path, "property": prop, "value": value})
+
+    def system_wakeup(self) -> None:
+        self._cmd("system_wakeup")
 
     def dump_guest_memory(self, path: str, timeout: float) -> None:
         """Dump all guest RAM (ELF, no paging) synchronously into ``path``."""

@@ -9,6 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import transport as transports
+from .during.devices import BalloonSettings, VirtioMemSettings
+from .memory import config as memory_config
+from .memory.config import MemoryConfig
 from .wlproto import WorkloadSpec
 
 ACCELERATORS = ("auto", "kvm", "tcg")
@@ -24,6 +27,10 @@ RUNNING_MODES = ("background", "precopy")
 # Negative controls that make sense for an internal snapshot (no migration
 # stream to damage in transit; the late image is a migration stream).
 INTERNAL_NEGATIVE_CONTROLS = ("none", "damage_file")
+# The host THP mode a test runs under (keep: leave the host's as it is).
+HOST_THP_MODES = ("keep", "always", "madvise", "never")
+# What can happen while the RAM streams (during/): a name each.
+DURING_ACTIONS = ("balloon", "virtio_mem")
 
 
 class SettingsError(ValueError):
@@ -52,6 +59,12 @@ class BgsnapSettings:
     repetition: int            # which repetition of a measured point
     keep_snapshot: bool
     snapshot_dir: Path | None  # None = the test's workdir
+    memory: MemoryConfig       # what backs the guest RAM (avocado-vt's mem params)
+    restore_params: tuple[tuple[str, str], ...] = ()  # params changed for the restoring QEMU
+    restore_memory: MemoryConfig | None = None        # its memory, when restore_params change it
+    host_thp: str = "keep"     # one of HOST_THP_MODES
+    balloon: BalloonSettings | None = None        # bgsnap_during has 'balloon'
+    virtio_mem: VirtioMemSettings | None = None   # bgsnap_during has 'virtio_mem'
 
 
 def _choice(params, key: str, default: str, allowed: tuple) -> str:
@@ -89,6 +102,65 @@ def _check_internal(transport: transports.Transport, negative: str) -> None:
                             f"{', '.join(INTERNAL_NEGATIVE_CONTROLS)})")
 
 
+def _restore_params(params) -> tuple[tuple[str, str], ...]:
+    """bgsnap_restore_params = "key=value key=value": the restoring QEMU's
+    params differ from the source's in these (e.g. another backend)."""
+    pairs = []
+    for item in params.get("bgsnap_restore_params", "").split():
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SettingsError(f"bgsnap_restore_params: {item!r} is not key=value")
+        pairs.append((key, value))
+    return tuple(pairs)
+
+
+def _memory(params) -> tuple[MemoryConfig, MemoryConfig | None, tuple]:
+    restore = _restore_params(params)
+    try:
+        memory = memory_config.from_params(params)
+        restore_memory = None
+        if restore:
+            changed = params.copy()
+            changed.update(dict(restore))
+            restore_memory = memory_config.from_params(changed)
+    except memory_config.MemoryConfigError as exc:
+        raise SettingsError(str(exc)) from None
+    return memory, restore_memory, restore
+
+
+def _during(params, mode: str, mem: int, memory: MemoryConfig):
+    names = params.get("bgsnap_during", "").split()
+    for name in names:
+        if name not in DURING_ACTIONS:
+            raise SettingsError(f"bgsnap_during: unknown action {name!r}: expected some of "
+                                f"{', '.join(DURING_ACTIONS)}")
+    if names and mode != "background":
+        raise SettingsError(f"bgsnap_during = {' '.join(names)} acts while a background "
+                            f"snapshot streams: needs bgsnap_mode = background, not {mode}")
+    timeout = params.get_numeric("bgsnap_during_timeout", 20, float)
+    balloon = vmem = None
+    if "balloon" in names:
+        if not params.objects("balloon"):
+            raise SettingsError("bgsnap_during = balloon needs a balloon device (balloon = ...)")
+        inflate = int(params.get_numeric("bgsnap_balloon_inflate_mib", 64))
+        if not 0 < inflate < mem // 2:
+            raise SettingsError(f"bgsnap_balloon_inflate_mib = {inflate}: expected 1..{mem // 2 - 1}"
+                                f" (under half of mem = {mem})")
+        balloon = BalloonSettings(mem, inflate, timeout)
+    if "virtio_mem" in names:
+        devs = [b for b in memory.blocks if b.virtio_mem]
+        if len(devs) != 1:
+            raise SettingsError("bgsnap_during = virtio_mem needs exactly one mem_devs entry "
+                                "with vm_memdev_model = virtio-mem")
+        sizes = tuple(int(x) for x in params.get("bgsnap_virtio_mem_sizes", "").split())
+        if not sizes or any(not 0 <= x <= devs[0].size_mib for x in sizes):
+            raise SettingsError(f"bgsnap_virtio_mem_sizes = {params.get('bgsnap_virtio_mem_sizes')!r}"
+                                f": expected MiB values in 0..{devs[0].size_mib}")
+        vmem = VirtioMemSettings(f"virtio_mem-{devs[0].name}", mem, devs[0].size_mib, sizes,
+                                 timeout)
+    return balloon, vmem
+
+
 def from_params(params) -> BgsnapSettings:
     """Read and validate every param the suite uses, once."""
     try:
@@ -113,6 +185,8 @@ def from_params(params) -> BgsnapSettings:
         transport = _transport(params, negative)
         if mode == "snapshot_save":
             _check_internal(transport, negative)
+        memory, restore_memory, restore = _memory(params)
+        balloon, vmem = _during(params, mode, mem, memory)
         bandwidth = int(params.get_numeric("bgsnap_max_bandwidth_mib_s", 0))
         if bandwidth < 0:
             raise SettingsError(f"bgsnap_max_bandwidth_mib_s = {bandwidth}: expected >= 0 "
@@ -138,6 +212,12 @@ def from_params(params) -> BgsnapSettings:
             repetition=int(params.get_numeric("bgsnap_repetition", 1)),
             keep_snapshot=params.get_boolean("bgsnap_keep_snapshot", False),
             snapshot_dir=Path(snapshot_dir) if snapshot_dir else None,
+            memory=memory,
+            restore_params=restore,
+            restore_memory=restore_memory,
+            host_thp=_choice(params, "bgsnap_host_thp", "keep", HOST_THP_MODES),
+            balloon=balloon,
+            virtio_mem=vmem,
         )
     except (TypeError, ValueError) as exc:
         if isinstance(exc, SettingsError):

@@ -160,12 +160,15 @@ def _raise_if_migration_failed(qmp: SnapshotQMP, cause: Exception) -> None:
 
 
 @contextlib.contextmanager
-def paused_clone(vm, extra_params: str = "", **create_kwargs):
-    """A second QEMU with ``vm``'s configuration, left paused (avocado-vt
+def paused_clone(vm, extra_params: str = "", param_overrides: dict | None = None,
+                 **create_kwargs):
+    """A second QEMU with ``vm``'s configuration (``param_overrides``
+    changed, e.g. another memory backend), left paused (avocado-vt
     starts every QEMU with -S; ``paused_after_start_vm`` keeps it so): the
     restored guest has not executed a single instruction when this yields.
     Leaving the block always stops it."""
     params = vm.params.copy()
+    params.update(param_overrides or {})
     params["extra_params"] = params.get("extra_params", "") + extra_params
     params["paused_after_start_vm"] = "yes"
     clone = vm.clone(params=params)
@@ -188,16 +191,17 @@ def raise_if_exited(clone, what: str, exc: Exception) -> None:
 
 @contextlib.contextmanager
 def restored_vm(vm, transport: Transport, path: Path, timeout: float,
-                log: Callable[[str], None] = lambda m: None):
+                log: Callable[[str], None] = lambda m: None,
+                param_overrides: dict | None = None):
     """A second QEMU restored from the migration stream in ``path``, paused
     (see :func:`paused_clone`); yields (clone, qmp)."""
     uri = transport.restore_uri(path)
     if transport.restore_is_exec:
-        clone_cm = paused_clone(vm, migration_mode="exec",
+        clone_cm = paused_clone(vm, param_overrides=param_overrides, migration_mode="exec",
                                 migration_exec_cmd=uri[len("exec:"):], timeout=timeout)
     else:
         # file: needs -incoming defer + migrate-incoming (capabilities first)
-        clone_cm = paused_clone(vm, " -incoming defer", timeout=timeout)
+        clone_cm = paused_clone(vm, " -incoming defer", param_overrides, timeout=timeout)
     with clone_cm as clone:
         qmp = SnapshotQMP(clone.monitor, log)
         started = time.monotonic()

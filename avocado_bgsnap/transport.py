@@ -63,6 +63,8 @@ class Transport:
 
 # The flip filter damages the stream on its way to the file (negative control).
 FLIP_FILTER = "{python} -m avocado_bgsnap.flip_filter"
+# A slow target (32 MiB/s): long enough a save for actions during it.
+SLOW_FILTER = "{python} -m avocado_bgsnap.throttle_filter 32"
 
 BUILTIN = {
     t.name: t for t in (
@@ -72,6 +74,7 @@ BUILTIN = {
                   suffix=".bin.zst"),
         Transport("file_uri", "file:{path}", "file:{path}", min_qemu=(8, 2, 0)),
         Transport("mapped_ram", "file:{path}", "file:{path}", ("mapped-ram",), (9, 0, 0)),
+        Transport("slow", "exec:" + SLOW_FILTER + " > {path}", "exec:cat {path}"),
         Transport("damaged_in_transit", "exec:" + FLIP_FILTER + " > {path}", "exec:cat {path}"),
     )
 }

@@ -2,10 +2,15 @@
 (or, with ``bgsnap_mode``, a stop-and-save, internal or precopy snapshot).
 
 1. Check the host (QEMU capability, UFFD-WP, accelerator, the snapshot
-   transport); cancel if unfit.
+   transport); cancel if unfit.  Give the memory configuration what it
+   needs (hugepages, a hugetlbfs, the THP mode; put back at the end) and
+   predict whether background-snapshot must work for it.
 2. Boot the guest, start the memory workload, wait until it is filled.
-3. Read the writers' steps, trigger a background snapshot through QMP, read
-   the steps again right after RESUME, wait for ``completed``.
+3. Turn background-snapshot on: QEMU's answer must match the prediction
+   (a predicted refusal is a CANCEL with QEMU's message, any disagreement
+   a FAIL).  Read the writers' steps, trigger the snapshot through QMP,
+   read the steps again right after RESUME, do the ``bgsnap_during``
+   actions while the RAM streams, wait for ``completed``.
 4. The source kept running (its steps advanced) and still verifies clean.
 5. Negative controls (``bgsnap_negative_control``): ``damage_file`` flips
    one byte of a guest page in the file (``damage_in_transit`` did it in the
@@ -26,6 +31,10 @@ from virttest import error_context
 from avocado_bgsnap import metrics as bg_metrics
 from avocado_bgsnap import preflight, settings
 from avocado_bgsnap.cycle import SnapshotCycle
+from avocado_bgsnap.during import DuringSaveRun
+from avocado_bgsnap.during.devices import configured
+from avocado_bgsnap.host.memory import HostMemoryUnavailable
+from avocado_bgsnap.memory import host_setup
 
 
 @error_context.context_aware
@@ -41,11 +50,26 @@ def run(test, params, env):
     test.log.info("Host: %s", facts.summary())
     params["vm_accelerator"] = facts.accel.accel
 
+    try:
+        with host_setup.prepared(cfg.memory, cfg.restore_memory, cfg.restore_params,
+                                 cfg.host_thp, params, test.log.info) as memory:
+            _run_cycle(test, params, env, cfg, facts, memory)
+    except HostMemoryUnavailable as exc:
+        test.cancel(f"the host cannot give this memory configuration: {exc}")
+
+
+def _run_cycle(test, params, env, cfg, facts, memory):
+    expected = host_setup.expectation(memory, facts.uffd.features, facts.qemu.version)
+    if not expected.supported and expected.refusal is None:
+        test.cancel(f"unsupported by this host: {expected.reason}")
     record = bg_metrics.Metrics()
-    record.update({"host": facts.to_dict(), "accel": facts.accel.accel})
+    record.update({"host": facts.to_dict(), "accel": facts.accel.accel,
+                   "memory": memory.memory.to_dict(), "host_memory": memory.host,
+                   "restore_memory": memory.restore_memory.to_dict()})
     vm = env.get_vm(params["main_vm"])
+    during = DuringSaveRun(configured(cfg.balloon, cfg.virtio_mem), test.log.info)
     cycle = SnapshotCycle(vm, cfg, record, Path(test.workdir), Path(params["bgsnap_wl_binary"]),
-                          test.log.info)
+                          test.log.info, during, memory.restore_params)
     failure = None
     try:
         error_context.context("Boot the guest and fill the workload", test.log.info)
@@ -53,7 +77,16 @@ def run(test, params, env):
         vm.create(params=params.object_params(vm.name))
         cycle.boot_and_fill(boot_started)
         error_context.context("Take the snapshot (mode %s)" % cfg.mode, test.log.info)
+        if cfg.mode == "background":
+            judgement = cycle.offer_background_snapshot(expected)
+            if judgement.outcome == "cancel":
+                test.cancel(judgement.message)
+            if judgement.outcome == "fail":
+                test.fail(judgement.message)
         cycle.take_snapshot()
+        missed = cycle.harness_errors()
+        if missed:
+            test.error("not tested: " + "; ".join(missed))
         error_context.context("Check the source guest", test.log.info)
         cycle.check_source()
         if cfg.negative_control == "damage_file":
