@@ -156,8 +156,10 @@ def _during(params, mode: str, mem: int, memory: MemoryConfig):
         if not sizes or any(not 0 <= x <= devs[0].size_mib for x in sizes):
             raise SettingsError(f"bgsnap_virtio_mem_sizes = {params.get('bgsnap_virtio_mem_sizes')!r}"
                                 f": expected MiB values in 0..{devs[0].size_mib}")
-        vmem = VirtioMemSettings(f"virtio_mem-{devs[0].name}", mem, devs[0].size_mib, sizes,
-                                 timeout)
+        vmem = VirtioMemSettings(
+            f"virtio_mem-{devs[0].name}", mem, devs[0].size_mib, sizes,
+            step_wait_s=params.get_numeric("bgsnap_virtio_mem_step_wait", 3, float),
+            settle_timeout_s=params.get_numeric("bgsnap_virtio_mem_settle_timeout", 90, float))
     return balloon, vmem
 
 

@@ -79,7 +79,8 @@ class VirtioMemSettings:
     guest_mem_mib: int          # the machine's boot RAM (not the device's)
     device_size_mib: int        # the memdev behind it (maximum pluggable)
     requested_mib: tuple[int, ...]  # requested-size steps while the save streams
-    timeout_s: float
+    step_wait_s: float          # how long each step waits for the guest (during the save)
+    settle_timeout_s: float     # after the save: wait this long for the last size
 
 
 def populated_too_much(rss_growth_mib: float, guest_mem_mib: int, plugged_mib: int) -> bool:
@@ -90,7 +91,9 @@ def populated_too_much(rss_growth_mib: float, guest_mem_mib: int, plugged_mib: i
 
 
 class VirtioMemResize(DuringSave):
-    """Plug / unplug virtio-mem memory through ``requested-size``."""
+    """Plug / unplug virtio-mem memory through ``requested-size``; the
+    record says whether the size changed during the save and when the last
+    size was reached after it (not an error: the guest retries later)."""
 
     name = "virtio_mem"
 
@@ -112,7 +115,7 @@ class VirtioMemResize(DuringSave):
         for mib in self.cfg.requested_mib:
             ctx.qmp.qom_set(self.path, "requested-size", mib * MIB)
             size, took = _poll(lambda: self._size(ctx), lambda s: s == mib * MIB,
-                               self.cfg.timeout_s)
+                               self.cfg.step_wait_s)
             self.plugged_max_mib = max(self.plugged_max_mib, size // MIB)
             steps.append({"requested_mib": mib, "size_mib": size // MIB, "reached_s": took,
                           "save": ctx.migration_status()})
@@ -120,7 +123,10 @@ class VirtioMemResize(DuringSave):
 
     def settle(self, ctx: SaveContext) -> dict:
         want = self.cfg.requested_mib[-1] * MIB
-        size, took = _poll(lambda: self._size(ctx), lambda s: s == want, self.cfg.timeout_s)
+        # measured: the device answers BUSY while the save runs, and the
+        # guest retries on its own timer (~50 s later): wait for it, bounded
+        size, took = _poll(lambda: self._size(ctx), lambda s: s == want,
+                           self.cfg.settle_timeout_s)
         self.plugged_max_mib = max(self.plugged_max_mib, size // MIB)
         rss_after = rss_kib(ctx.vm.get_pid())
         growth = None

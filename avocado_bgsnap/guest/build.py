@@ -5,8 +5,11 @@ Everything comes from Debian packages already reachable offline:
 * the kernel is the newest ``linux-image-*-cloud-amd64`` (serial console
   built in), fetched with ``apt-get download`` and unpacked with
   ``dpkg-deb`` -- nothing is installed on the host;
-* the initramfs holds ``busybox-static``, ``init.sh`` (this folder) and the
-  statically linked workload ``bgsnap-wl`` (``wl/``).
+* the initramfs holds ``busybox-static``, ``init.sh`` (this folder), the
+  statically linked workload ``bgsnap-wl`` (``wl/``) and the few kernel
+  modules the suite's devices need (:data:`GUEST_MODULES` and their
+  dependencies, decompressed, under ``lib/modules/``).  ``init.sh`` loads
+  them only when the kernel command line asks (``bgsnap.modules=a,b``).
 
 Results are cached under :func:`avocado_bgsnap.paths.guest_cache_dir`.  The
 initramfs file name carries a digest of its inputs, so it is rebuilt exactly
@@ -19,7 +22,9 @@ import gzip
 import hashlib
 import json
 import io
+import lzma
 import os
+import struct
 import shutil
 import subprocess
 import tempfile
@@ -39,6 +44,18 @@ GUEST_READY_MARKER = "BGSNAP-GUEST-READY"
 # Bump when the initramfs layout changes in a way the digest cannot see.
 LAYOUT_VERSION = "1"
 MANIFEST = "guest.json"
+# Kernel modules put into the initramfs (with their dependencies): the
+# Debian cloud kernel builds virtio as modules (CONFIG_VIRTIO*=m).
+GUEST_MODULES = ("virtio_pci", "virtio_balloon", "virtio_mem")
+# Loaded before a module although no symbol dependency says so: the suite's
+# virtio devices are all virtio-*-pci, so a driver without the PCI transport
+# would never bind.
+TRANSPORT_DEPS = {"virtio_balloon": ("virtio_pci",), "virtio_mem": ("virtio_pci",)}
+# In the initramfs: lib/modules/<name>.ko and this load-order file, one line
+# per module, "<name>: <dependencies in load order>".
+MODULES_DIR = "lib/modules"
+MODULES_DEPS = "bgsnap.deps"
+MODULE_SUFFIXES = (".ko", ".ko.xz", ".ko.zst", ".ko.gz")
 
 
 class GuestBuildError(Exception):
@@ -77,11 +94,163 @@ def kernel_package_name() -> str:
     )
 
 
+def module_name(path: str) -> str:
+    """``kernel/drivers/virtio/virtio-foo.ko.xz`` -> ``virtio_foo`` (the kernel's spelling)."""
+    base = path.rsplit("/", 1)[-1]
+    for suffix in MODULE_SUFFIXES:
+        if base.endswith(suffix):
+            base = base[: -len(suffix)]
+            break
+    return base.replace("-", "_")
+
+
+def parse_modules_dep(text: str) -> dict[str, tuple[str, list[str]]]:
+    """``modules.dep`` -> {name: (path, [dependency names])}."""
+    index = {}
+    for line in text.splitlines():
+        path, sep, deps = line.partition(":")
+        if not sep or not path.strip():
+            continue
+        index[module_name(path.strip())] = (path.strip(), [module_name(d) for d in deps.split()])
+    return index
+
+
+def parse_modules_builtin(text: str) -> set[str]:
+    return {module_name(line.strip()) for line in text.splitlines() if line.strip()}
+
+
+def modinfo(data: bytes) -> dict[str, list[str]]:
+    """The ``.modinfo`` section of an (uncompressed) ELF64 module, key -> values."""
+    if data[:4] != b"\x7fELF" or data[4] != 2 or data[5] != 1:
+        raise GuestBuildError("not a little-endian ELF64 kernel module")
+    shoff, = struct.unpack_from("<Q", data, 0x28)
+    shentsize, shnum, shstrndx = struct.unpack_from("<HHH", data, 0x3A)
+
+    def section(i):
+        name, _type, _flags, _addr, offset, size = struct.unpack_from(
+            "<IIQQQQ", data, shoff + i * shentsize)
+        return name, data[offset:offset + size]
+
+    names = section(shstrndx)[1]
+    info: dict[str, list[str]] = {}
+    for i in range(shnum):
+        name_off, body = section(i)
+        if names[name_off:names.index(b"\0", name_off)] != b".modinfo":
+            continue
+        for item in body.split(b"\0"):
+            key, sep, value = item.decode(errors="replace").partition("=")
+            if sep:
+                info.setdefault(key, []).append(value)
+    return info
+
+
+def modinfo_depends(data: bytes) -> list[str]:
+    return [d for v in modinfo(data).get("depends", []) for d in v.split(",") if d]
+
+
+def decompress_module(path: str, data: bytes) -> bytes:
+    """An uncompressed .ko for busybox ``insmod`` (which cannot decompress)."""
+    if path.endswith(".ko"):
+        return data
+    if path.endswith(".ko.xz"):
+        return lzma.decompress(data)
+    if path.endswith(".ko.gz"):
+        return gzip.decompress(data)
+    if path.endswith(".ko.zst"):
+        try:
+            import zstandard
+        except ImportError:
+            raise GuestBuildError(
+                f"{path} is zstd-compressed and no Python zstd module is available: "
+                "apt-get install python3-zstandard (or pip install zstandard)") from None
+        return zstandard.ZstdDecompressor().decompressobj().decompress(data)
+    raise GuestBuildError(f"{path}: not a kernel module file ({', '.join(MODULE_SUFFIXES)})")
+
+
+def load_order(wanted: Iterable[str], deps: dict[str, list[str]],
+               builtin: Iterable[str] = ()) -> list[str]:
+    """``wanted`` and everything they depend on, dependencies first.
+
+    Built-in modules need no loading and are left out; a name that is
+    neither a module nor built in is an error.
+    """
+    builtin, order = set(builtin), []
+
+    def visit(name, chain):
+        if name in order or name in builtin:
+            return
+        if name in chain:
+            raise GuestBuildError("kernel module dependency cycle: " + " -> ".join(chain + (name,)))
+        if name not in deps:
+            needed = f" (needed by {chain[-1]})" if chain else ""
+            raise GuestBuildError(f"the kernel has no module {name}{needed}")
+        for dep in deps[name]:
+            visit(dep, chain + (name,))
+        order.append(name)
+
+    for name in wanted:
+        visit(name, ())
+    return order
+
+
+def _kernel_module_dir(root: Path) -> Path:
+    found = sorted(root.glob("lib/modules/*/modules.order")) + \
+        sorted(root.glob("usr/lib/modules/*/modules.order"))
+    if not found:
+        raise GuestBuildError("the kernel package holds no lib/modules/<version>/modules.order")
+    return found[0].parent
+
+
+def extract_modules(moddir: Path, wanted: Iterable[str], out: Path) -> list[str]:
+    """Decompress ``wanted`` + dependencies from an unpacked ``lib/modules/<ver>``
+    into ``out``/<name>.ko and write the load-order file; return the load order.
+
+    The dependencies come from ``modules.dep`` when the package ships it;
+    Debian's kernel packages do not (depmod runs at install time), so then
+    from each module's own ``.modinfo`` ``depends=``.
+    """
+    builtin = set()
+    if (moddir / "modules.builtin").is_file():
+        builtin = parse_modules_builtin((moddir / "modules.builtin").read_text())
+    paths = {}
+    for line in (moddir / "modules.order").read_text().splitlines():
+        if line.strip():
+            paths[module_name(line.strip())] = line.strip()
+    for path in moddir.rglob("*.ko*"):  # modules.order may name the uncompressed file
+        paths[module_name(path.name)] = str(path.relative_to(moddir))
+    dep_file = moddir / "modules.dep"
+    index = parse_modules_dep(dep_file.read_text()) if dep_file.is_file() else {}
+    wanted = list(wanted)
+    blobs, deps = {}, {}
+    pending = list(wanted)
+    while pending:
+        name = pending.pop()
+        if name in deps or name in builtin or name not in paths:
+            continue  # load_order below reports the unknown ones
+        path = index[name][0] if name in index else paths[name]
+        blobs[name] = decompress_module(path, (moddir / path).read_bytes())
+        deps[name] = index[name][1] if name in index else modinfo_depends(blobs[name])
+        deps[name] = list(TRANSPORT_DEPS.get(name, ())) + deps[name]
+        pending += deps[name]
+    order = load_order(wanted, deps, builtin)
+    out.mkdir(parents=True, exist_ok=True)
+    for name in order:
+        (out / f"{name}.ko").write_bytes(blobs[name])
+    lines = [f"{name}: {' '.join(load_order([name], deps, builtin)[:-1])}".rstrip()
+             for name in sorted(set(order) | (set(wanted) & builtin))]
+    (out / MODULES_DEPS).write_text("\n".join(lines) + "\n")
+    return order
+
+
 def fetch_kernel(cache: Path, log: Callable[[str], None]) -> tuple[Path, str]:
-    """Return (vmlinuz, package); download + unpack only when not cached."""
+    """Return (vmlinuz, package); download + unpack only when not cached.
+
+    The modules of :data:`GUEST_MODULES` land in :func:`kernel_modules_dir`.
+    """
     kdir = cache / "kernel"
     vmlinuz, stamp = kdir / "vmlinuz", kdir / "package"
-    if vmlinuz.is_file() and stamp.is_file():
+    modules = kernel_modules_dir(cache)
+    if vmlinuz.is_file() and stamp.is_file() and (modules / MODULES_DEPS).is_file():
         return vmlinuz, stamp.read_text().strip()
     package = kernel_package_name()
     log(f"fetching kernel {package} with apt-get download")
@@ -97,16 +266,36 @@ def fetch_kernel(cache: Path, log: Callable[[str], None]) -> tuple[Path, str]:
         found = sorted((tmp / "root" / "boot").glob("vmlinuz-*"))
         if not found:
             raise GuestBuildError(f"{debs[0].name} holds no boot/vmlinuz-*")
+        order = extract_modules(_kernel_module_dir(tmp / "root"), GUEST_MODULES, tmp / "modules")
+        log(f"kernel modules: {' '.join(order)}")
         shutil.copyfile(found[0], tmp / "vmlinuz")
+        shutil.rmtree(modules, ignore_errors=True)
+        os.replace(tmp / "modules", modules)
         os.replace(tmp / "vmlinuz", vmlinuz)
     stamp.write_text(package + "\n")
     return vmlinuz, package
 
 
+def kernel_modules_dir(cache: Path) -> Path:
+    """The decompressed guest modules + load-order file of the Debian kernel."""
+    return cache / "kernel" / "modules"
+
+
+def module_entries(modules: Path | None) -> list[tuple]:
+    """Initramfs entries for a :func:`extract_modules` folder (none for None)."""
+    if modules is None:
+        return []
+    deps = (modules / MODULES_DEPS).read_bytes()
+    names = [line.split(b":")[0].decode() for line in deps.splitlines() if line.strip()]
+    entries = [("lib", 0o040755), (MODULES_DIR, 0o040755),
+               (f"{MODULES_DIR}/{MODULES_DEPS}", 0o100644, deps)]
+    entries += [(f"{MODULES_DIR}/{name}.ko", 0o100644, (modules / f"{name}.ko").read_bytes())
+                for name in names if (modules / f"{name}.ko").is_file()]
+    return entries
+
+
 def is_static_elf(path: Path) -> bool:
     """True for an ELF executable without a program interpreter (PT_INTERP)."""
-    import struct
-
     data = path.read_bytes()[:65536]
     if data[:4] != b"\x7fELF" or data[4] != 2:
         return False
@@ -151,7 +340,7 @@ def write_newc(entries: Iterable[tuple], out: io.BufferedIOBase) -> None:
     out.write(_newc_entry("TRAILER!!!", 0))
 
 
-def initramfs_entries(busybox: Path, workload: Path) -> list[tuple]:
+def initramfs_entries(busybox: Path, workload: Path, modules: Path | None = None) -> list[tuple]:
     d, f, x = 0o040755, 0o100644, 0o100755
     entries = [(name, d) for name in ("bin", "sbin", "dev", "proc", "sys", "run", "tmp", "etc")]
     entries += [
@@ -162,11 +351,12 @@ def initramfs_entries(busybox: Path, workload: Path) -> list[tuple]:
         ("init", x, INIT_SCRIPT.read_bytes()),
         ("etc/hostname", f, b"bgsnap-guest\n"),
     ]
-    return entries
+    return entries + module_entries(modules)
 
 
-def build_initramfs(cache: Path, busybox: Path, workload: Path) -> tuple[Path, str]:
-    entries = initramfs_entries(busybox, workload)
+def build_initramfs(cache: Path, busybox: Path, workload: Path,
+                    modules: Path | None = None) -> tuple[Path, str]:
+    entries = initramfs_entries(busybox, workload, modules)
     digest = hashlib.sha256(LAYOUT_VERSION.encode())
     for entry in entries:
         digest.update(repr(entry[:2]).encode())
@@ -216,21 +406,23 @@ def build_guest(cache: Path, log: Callable[[str], None] = print,
                 kernel: Path | None = None) -> GuestAssets:
     """Build (or reuse) the embedded guest under ``cache``.
 
-    ``kernel`` replaces the Debian cloud kernel with the user's own bzImage.
+    ``kernel`` replaces the Debian cloud kernel with the user's own bzImage;
+    such a guest has no loadable modules (init.sh says so when asked for one).
     """
     cache.mkdir(parents=True, exist_ok=True)
     if kernel is not None:
         if not kernel.is_file():
             raise GuestBuildError(f"kernel {kernel} does not exist")
-        vmlinuz, package = kernel, "user-supplied"
+        vmlinuz, package, modules = kernel, "user-supplied", None
     else:
         vmlinuz, package = fetch_kernel(cache, log)
+        modules = kernel_modules_dir(cache)
     busybox = find_busybox()
     try:
         workload = wl_build.build_wl(workload_binary(cache).parent, static=True)
     except wl_build.WorkloadBuildError as exc:
         raise GuestBuildError(f"building the guest workload failed: {exc}") from exc
-    initrd, digest = build_initramfs(cache, busybox, workload)
+    initrd, digest = build_initramfs(cache, busybox, workload, modules)
     # Stable names, so a generated cfg stays valid across rebuilds.
     assets = GuestAssets(kernel=_stable_link(cache / "vmlinuz", vmlinuz.resolve()),
                          initrd=_stable_link(cache / "initrd.img", initrd),

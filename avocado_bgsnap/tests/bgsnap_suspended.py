@@ -1,0 +1,71 @@
+"""Background snapshot of a guest suspended to RAM (ACPI S3).
+
+1. Check the host; boot the guest and fill the workload.
+2. Hold the writers (the image must hold exactly their steps), suspend the
+   guest (``echo mem > /sys/power/state``), wait for QMP ``SUSPEND``.
+3. Take a background snapshot; record the run states and the STOP /
+   RESUME / WAKEUP events.  A build that wakes the guest FAILs with them as
+   evidence (QEMU before 9.0 does: 49a5020).  A save without a pause window
+   says so instead of a pause figure.
+4. Wake the source if it still sleeps; its memory must be intact.
+5. Restore into a second QEMU, verify its RAM on the host, wake it
+   (``system_wakeup``), let it verify itself.
+"""
+
+import time
+from pathlib import Path
+
+from virttest import error_context
+
+from avocado_bgsnap import metrics as bg_metrics
+from avocado_bgsnap import preflight, settings, suspend
+from avocado_bgsnap.cycle import SnapshotCycle
+from avocado_bgsnap.memory.predict import expect_suspended_preserved
+from avocado_bgsnap.qmp import SnapshotQMP
+
+
+@error_context.context_aware
+def run(test, params, env):
+    cfg = settings.from_params(params)
+    try:
+        facts = preflight.check_host(params["qemu_binary"], cfg.accel, Path(params["kernel"]),
+                                     Path(params["initrd"]), cfg.kvm_probe_timeout_s,
+                                     cfg.transport, cfg.mode)
+    except preflight.HostUnsupported as exc:
+        test.cancel(str(exc))
+    params["vm_accelerator"] = facts.accel.accel
+    preserved = expect_suspended_preserved(facts.qemu.version)
+    record = bg_metrics.Metrics()
+    record.update({"host": facts.to_dict(), "accel": facts.accel.accel, "guest_state": "S3",
+                   "expected_suspended_preserved": preserved})
+    vm = env.get_vm(params["main_vm"])
+    cycle = SnapshotCycle(vm, cfg, record, Path(test.workdir), Path(params["bgsnap_wl_binary"]),
+                          test.log.info)
+    failures = []
+    try:
+        error_context.context("Boot, fill, hold the writers, suspend", test.log.info)
+        boot_started = time.monotonic()
+        vm.create(params=params.object_params(vm.name))
+        cycle.boot_and_fill(boot_started)
+        cycle.hold_workload()
+        qmp = SnapshotQMP(vm.monitor, test.log.info)
+        record.set("suspend_s", suspend.suspend_guest(cycle.session, qmp, cfg.snapshot_timeout_s))
+        error_context.context("Background snapshot of the suspended guest", test.log.info)
+        save = suspend.snapshot_suspended(qmp, cfg.transport, cycle.snapshot_path,
+                                          cfg.snapshot_timeout_s, test.log.info)
+        cycle.record_result(save.result)
+        record.update({"suspended_save": save.to_dict(), "pause_note": suspend.pause_note(save)})
+        test.log.info("suspended save: %s", save.to_dict())
+        failures += suspend.suspended_errors(save, preserved)
+        error_context.context("Wake and check the source", test.log.info)
+        suspend.wake(cycle.session, qmp, cfg.snapshot_timeout_s)
+        cycle.check_source()
+        error_context.context("Restore, verify, wake the restored guest", test.log.info)
+        cycle.restore_and_verify()
+        failures += [f for f in [cycle.verdict()] if f]
+    finally:
+        cycle.cleanup()
+        path = record.write(test, Path(test.outputdir))
+        test.log.info("Metrics: %s (%s)", bg_metrics.summary_line(record.as_dict()), path)
+    if failures:
+        test.fail("; ".join(failures))
