@@ -122,13 +122,15 @@ class VirtioMemResize(DuringSave):
         return {"steps": steps}
 
     def settle(self, ctx: SaveContext) -> dict:
+        # right after the save: what the pre-fault and the save populated
+        # (later unplugging discards memory and would hide it)
+        rss_after = rss_kib(ctx.vm.get_pid())
         want = self.cfg.requested_mib[-1] * MIB
         # measured: the device answers BUSY while the save runs, and the
         # guest retries on its own timer (~50 s later): wait for it, bounded
         size, took = _poll(lambda: self._size(ctx), lambda s: s == want,
                            self.cfg.settle_timeout_s)
         self.plugged_max_mib = max(self.plugged_max_mib, size // MIB)
-        rss_after = rss_kib(ctx.vm.get_pid())
         growth = None
         if rss_after is not None and self.rss_before_kib is not None:
             growth = round((rss_after - self.rss_before_kib) / 1024, 1)
