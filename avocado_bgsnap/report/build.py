@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
-from . import collect, compare, plots, render, shapes, stats, tables
+from . import collect, compare, memconfig, plots, render, shapes, stats, tables
 from .figures import PAUSE, fmt, fmt_mib
 
 REPORT_DIR = "bgsnap-report"
@@ -109,7 +109,9 @@ def make_report(job_paths: Sequence[Path | str], compare_paths: Sequence[Path | 
     report = render.Report(title="QEMU snapshot report: true pause and its cost",
                            sources=sources)
     checks = shapes.check_shapes(series)
-    report.answers = [c.answer_line() for c in comparisons] + _pause_answers(series)
+    memory_rows = memconfig.config_rows(points) if memconfig.has_memory_records(points) else []
+    report.answers = ([memconfig.answer_line(memory_rows)] if memory_rows else [])
+    report.answers += [c.answer_line() for c in comparisons] + _pause_answers(series)
     if checks:
         report.answers.append(shape_answer(checks))
     for comparison in comparisons:
@@ -122,8 +124,15 @@ def make_report(job_paths: Sequence[Path | str], compare_paths: Sequence[Path | 
                                f"{', '.join(kinds)}: negative controls damage the snapshot "
                                f"on purpose, the workload benchmark takes none); they are "
                                f"listed under 'Every run' and in points.csv")
-    if not series:
+    cancelled = [p for p in points if p.kind == collect.KIND_SNAPSHOT and p.cancelled]
+    if cancelled:
+        report.warnings.append(f"{len(cancelled)} cancelled run(s) took no snapshot (e.g. QEMU "
+                               f"refused background-snapshot as predicted): not in the pause "
+                               f"statistics")
+    if not series and not memory_rows:
         report.warnings.append("no snapshot runs: nothing to plot or tabulate")
+    if memory_rows:
+        report.tables.append(tables.memory_table(memory_rows))
     if series:
         report.tables.append(tables.headline(series))
         report.tables += tables.mode_tables(series)

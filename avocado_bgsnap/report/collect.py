@@ -8,7 +8,15 @@ background, ``qemu_build`` absent = system).  A *series* is the points of one
 
 Only ``kind == "snapshot"`` points go into series: negative controls damage
 the snapshot on purpose (their figures are not the feature's), and the
-workload benchmark takes no snapshot.  All points go into points.csv/json.
+workload benchmark takes no snapshot, and a CANCELled test (a predicted
+refusal of background-snapshot) took none.  All points go into
+points.csv/json.
+
+The memory family (``avocado list memory``) adds what backs the guest RAM
+(``memory``, ``restore_memory``, ``host_memory``), the prediction and QEMU's
+answer (``expected``, ``qemu_refusal``, ``prediction_check``), what happened
+during the save (``during_save``, ``suspended_save``, ``pause_note``): the
+Point keeps the few facts report/memconfig.py tabulates, None when absent.
 
 No avocado imports.
 """
@@ -31,6 +39,8 @@ MODE_ORDER = ("background", "stop_save", "snapshot_save", "precopy")
 WINDOW_BEFORE, WINDOW_DURING, WINDOW_AFTER = 0, 1, 2
 
 KIND_SNAPSHOT, KIND_NEGATIVE, KIND_BENCH = "snapshot", "negative", "bench"
+STATUS_CANCEL = "CANCEL"
+PREDICTED_CANCEL = "cancel"     # prediction_check: QEMU refused as predicted
 
 
 class ReportError(Exception):
@@ -173,6 +183,20 @@ class Point:
     rss_after_kib: int | None = None
     verdict: str | None = None
     host_verify: str | None = None
+    # -- the memory family (None / empty in records without these keys) ---
+    memory_label: str | None = None          # memory.label, e.g. "memfd/shared, 1 vCPU"
+    restore_memory_label: str | None = None  # restore_memory.label
+    memory_types: list[str] = field(default_factory=list)   # anon|shmem|hugetlb|file, per block
+    memory_fs: list[str] = field(default_factory=list)      # the filesystems of file blocks
+    thp_mode: str | None = None              # host_memory.thp_mode during the test
+    during_actions: list[str] = field(default_factory=list)  # during_save[*].action
+    guest_state: str | None = None           # "S3", or "suspended" (a suspended_save)
+    expected_supported: bool | None = None
+    expected_reason: str | None = None
+    expected_refusal: str | None = None
+    qemu_refusal: str | None = None
+    prediction_check: str | None = None      # proceed | cancel | fail
+    pause_note: str | None = None            # why a save has no pause window
 
     # -- derived figures (figures.py names them) --------------------------
     @property
@@ -183,6 +207,14 @@ class Point:
     def ok(self) -> bool:
         """The test passed: avocado says PASS (or nothing) and the suite's verdict is pass."""
         return self.status in (None, "PASS") and self.verdict == "pass"
+
+    @property
+    def cancelled(self) -> bool:
+        """No snapshot was taken: avocado CANCELled the test (e.g. QEMU refused
+        background-snapshot as predicted), or the record says so."""
+        if self.status is not None:
+            return self.status == STATUS_CANCEL
+        return self.prediction_check == PREDICTED_CANCEL
 
     @property
     def outcome(self) -> str:
@@ -281,8 +313,8 @@ class Point:
         data = asdict(self)
         data["pause_windows"] = [list(w) for w in self.pause_windows]
         data["latency_windows"] = [self.latency_windows[k] for k in sorted(self.latency_windows)]
-        for name in ("ok", "outcome", "missing_resume", "mode_label", "stop_s", "resume_s",
-                     "snapshot_mib", "dip_pct", "stall_max_ms", "stall_p99_us",
+        for name in ("ok", "cancelled", "outcome", "missing_resume", "mode_label", "stop_s",
+                     "resume_s", "snapshot_mib", "dip_pct", "stall_max_ms", "stall_p99_us",
                      "mib_s_before", "mib_s_during", "mib_s_after"):
             data[name] = getattr(self, name)
         return data
@@ -314,6 +346,49 @@ def _pause_ms(data: Mapping, windows) -> float | None:
     if value is None and windows:
         value = sum(resume - stop for stop, resume in windows) * 1000.0
     return value
+
+
+def _mapping(value) -> Mapping:
+    return value if isinstance(value, Mapping) else {}
+
+
+def _text(value) -> str | None:
+    return None if value is None or isinstance(value, (Mapping, list)) else str(value)
+
+
+def _unique(values: Iterable) -> list[str]:
+    out: list[str] = []
+    for value in values:
+        if value not in (None, "") and str(value) not in out:
+            out.append(str(value))
+    return out
+
+
+def _memory_facts(data: Mapping) -> dict:
+    """The memory family's keys as Point fields (see the module doc)."""
+    memory, host_memory = _mapping(data.get("memory")), _mapping(data.get("host_memory"))
+    blocks = [b for b in memory.get("blocks") or [] if isinstance(b, Mapping)]
+    expected = _mapping(data.get("expected"))
+    during = [d for d in data.get("during_save") or [] if isinstance(d, Mapping)]
+    guest_state = _text(data.get("guest_state"))
+    if guest_state is None and isinstance(data.get("suspended_save"), Mapping):
+        guest_state = "suspended"
+    supported = expected.get("supported")
+    return {
+        "memory_label": _text(memory.get("label")),
+        "restore_memory_label": _text(_mapping(data.get("restore_memory")).get("label")),
+        "memory_types": _unique(b.get("memory_type") for b in blocks),
+        "memory_fs": _unique(b.get("path_fs") for b in blocks if b.get("memory_type") == "file"),
+        "thp_mode": _text(host_memory.get("thp_mode")),
+        "during_actions": _unique(d.get("action") for d in during),
+        "guest_state": guest_state,
+        "expected_supported": supported if isinstance(supported, bool) else None,
+        "expected_reason": _text(expected.get("reason")),
+        "expected_refusal": _text(expected.get("refusal")),
+        "qemu_refusal": _text(data.get("qemu_refusal")),
+        "prediction_check": _text(data.get("prediction_check")),
+        "pause_note": _text(data.get("pause_note")),
+    }
 
 
 def point_from_record(data: Mapping, *, job: str, test: str, record_path: str,
@@ -356,6 +431,7 @@ def point_from_record(data: Mapping, *, job: str, test: str, record_path: str,
         rss_after_kib=_int(data.get("rss_after_kib")),
         verdict=data.get("verdict"),
         host_verify=str(host_verify) if host_verify is not None else None,
+        **_memory_facts(data),
     )
 
 
@@ -431,10 +507,13 @@ class Series:
 
 
 def group_series(points: Iterable[Point]) -> list[Series]:
-    """Snapshot points by (qemu_build, mode label, guest RAM), sorted."""
+    """Snapshot points by (qemu_build, mode label, guest RAM), sorted.
+
+    A cancelled test took no snapshot: it is no sample (and no failure).
+    """
     groups: dict[tuple, Series] = {}
     for point in points:
-        if point.kind != KIND_SNAPSHOT or point.guest_mem_mib is None:
+        if point.kind != KIND_SNAPSHOT or point.guest_mem_mib is None or point.cancelled:
             continue
         key = (point.qemu_build, point.mode_label, point.guest_mem_mib)
         if key not in groups:

@@ -32,7 +32,9 @@ CSV_COLUMNS = (
     "snapshot_mib", "ram_transferred_bytes", "boot_s", "fill_s", "restore_s", "dump_s",
     "verify_s", "phase_s", "mib_s_before", "mib_s_during", "mib_s_after", "dip_pct",
     "stall_p99_us", "stall_max_ms", "rss_before_kib", "rss_after_kib", "host_verify",
-    "record_path")
+    "memory_label", "restore_memory_label", "memory_types", "thp_mode", "during_actions",
+    "guest_state", "expected_supported", "qemu_refusal", "prediction_check", "pause_note",
+    "cancelled", "record_path")
 
 
 @dataclass
@@ -97,7 +99,8 @@ def _md_table(table: Table, level: str = "##") -> list[str]:
     lines.append("|" + "|".join("---" for _ in table.header) + "|")
     for row in table.rows:
         lines.append("| " + " | ".join(_md_cell(c) for c in row) + " |")
-    return lines + [""]
+    lines.append("")
+    return lines + ([f"**{table.footer}**", ""] if table.footer else [])
 
 
 def markdown(report: Report) -> str:
@@ -133,7 +136,8 @@ th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: left; vertic
 th { background: #f2f2f2; }
 tr:nth-child(even) td { background: #fafafa; }
 td.regression, td.fail { background: #fde2e2 !important; font-weight: bold; }
-td.improvement { background: #e2f5e2 !important; }
+td.improvement, td.pass { background: #e2f5e2 !important; }
+td.cancel { background: #f3f0e0 !important; }
 .answer { font-size: 1.05em; padding: 0.5em 0.8em; background: #f4f7fb;
           border-left: 4px solid #1f77b4; margin: 0.3em 0; }
 .warning { color: #8a4b00; }
@@ -152,6 +156,10 @@ def _cell_class(text: str) -> str:
         return ' class="improvement"'
     if text.startswith("FAIL") or text.startswith("ERROR"):
         return ' class="fail"'
+    if text.startswith("CANCEL"):
+        return ' class="cancel"'
+    if text.startswith("PASS"):
+        return ' class="pass"'
     return ""
 
 
@@ -167,6 +175,8 @@ def _html_table(table: Table) -> str:
         out.append("<tr>" + "".join(f"<td{_cell_class(str(c))}>{html.escape(str(c))}</td>"
                                     for c in row) + "</tr>")
     out.append("</tbody></table>")
+    if table.footer:
+        out.append(f'<p class="answer">{html.escape(table.footer)}</p>')
     return "\n".join(out)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Sequence
 
-from . import collect, stats
+from . import collect, memconfig, stats
 from .compare import ABComparison
 from .shapes import ShapeCheck
 from .figures import (DIP, DOWNTIME, PAUSE, SNAPSHOT_MIB, TIME_SPLIT, TIME_SPLIT_NAMES, TOTAL,
@@ -17,7 +17,8 @@ class Table:
     title: str
     header: list[str]
     rows: list[list[str]] = field(default_factory=list)
-    note: str = ""
+    note: str = ""                  # shown above the rows
+    footer: str = ""                # shown below the rows (e.g. the table's answer)
 
 
 def _median(series: collect.Series, figure: Figure) -> str:
@@ -154,3 +155,24 @@ def shapes_table(checks: Sequence[ShapeCheck]) -> Table:
                  note="background flat (pause at the largest / smallest RAM <= 2) and short "
                       "(< 20 ms); stop_save and snapshot_save grow (the same ratio >= the RAM "
                       "ratio^0.5). 'avocado bgsnap report' exits 1 when one fails.")
+
+
+def memory_table(rows: Sequence[memconfig.ConfigRow]) -> Table:
+    """The memory family: one row per memory configuration, one column per build."""
+    build_names = memconfig.row_builds(rows)
+    restored = any(r.key.restored not in ("", memconfig.UNKNOWN) for r in rows)
+    during = any(r.key.during for r in rows)
+    header = (["memory configuration"] + (["restored into"] if restored else [])
+              + ["host THP"] + (["during the save"] if during else []) + build_names)
+    table = Table("Memory configurations", header,
+                  note="Per QEMU build: PASS (snapshot, restore and exact verify passed) with "
+                       "the true pause; CANCEL when QEMU refused background-snapshot as "
+                       "predicted (no snapshot taken); FAIL / ERROR with the start of the "
+                       "verdict.",
+                  footer=memconfig.answer_line(rows))
+    for row in rows:
+        key = row.key
+        table.rows.append([key.memory] + ([key.restored or "same"] if restored else [])
+                          + [key.thp] + ([key.during or "-"] if during else [])
+                          + [row.cell(b) for b in build_names])
+    return table
