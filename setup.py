@@ -15,7 +15,8 @@ setup(
     license="GPLv2+",
     python_requires=">=3.11",
     packages=find_namespace_packages(include=["avocado_bgsnap", "avocado_bgsnap.*"]),
-    package_data={"avocado_bgsnap": ["guest/init.sh", "guest/wl/*.c", "guest/wl/*.h"]},
+    package_data={"avocado_bgsnap": ["guest/init.sh", "guest/wl/*.c", "guest/wl/*.h",
+                                     "guest/uffdcheck/*.c", "guest/uffdcheck/*.h"]},
     include_package_data=True,
     install_requires=[
         "avocado-framework==113.0",

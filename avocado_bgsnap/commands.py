@@ -7,8 +7,9 @@ from pathlib import Path
 
 from avocado.core.output import LOG_UI
 
-from . import host, metrics, paths, preflight, qemu_builds, vt_compat, vtsetup
+from . import host, metrics, paths, preflight, qemu_builds, uffdcheck, vt_compat, vtsetup
 from .guest import build as guest_build
+from .host.memory import HostMemoryError
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
@@ -165,6 +166,21 @@ def qemu_remove(config) -> int:
     return EXIT_OK
 
 
+def uffd_check(config) -> int:
+    try:
+        report = uffdcheck.run_check(log=LOG_UI.info)
+    except (uffdcheck.UffdCheckError, HostMemoryError) as exc:
+        LOG_UI.error("%s", exc)
+        return EXIT_FAIL
+    for line in uffdcheck.render_table(report).splitlines():
+        LOG_UI.info("%s", line)
+    if _opt(config, "uffd_json"):
+        LOG_UI.info("json     %s", uffdcheck.write_json(report, Path(_opt(config, "uffd_json"))))
+    result = uffdcheck.verdict(report)
+    (LOG_UI.error if result.status == "FAIL" else LOG_UI.info)("%s", result.message)
+    return EXIT_FAIL if result.status == "FAIL" else EXIT_OK
+
+
 def dispatch(subcommand: str | None, config) -> int:
     handlers = {
         "host-check": host_check,
@@ -175,6 +191,7 @@ def dispatch(subcommand: str | None, config) -> int:
         "qemu-add": qemu_add,
         "qemu-list": qemu_list,
         "qemu-remove": qemu_remove,
+        "uffd-check": uffd_check,
     }
     if subcommand not in handlers:
         LOG_UI.error("usage: avocado bgsnap {%s}", ",".join(handlers))

@@ -35,6 +35,7 @@ OPTIONS = (
      "install prefix (bin/...) or a build tree (qemu-system-x86_64 + pc-bios/)", "--dir"),
     ("qemu_name", str, None, "Name of the build in test names (default: qemuMAJOR_MINOR_MICRO)",
      "--name"),
+    ("uffd_json", str, None, "Also write the self-check's results as JSON to FILE", "--json"),
     # a long option without a leading '-' is a positional argument
     ("qemu_build", str, None, "Name of the build (see 'avocado bgsnap qemu-list')", "NAME"),
 )
@@ -53,6 +54,9 @@ SUBCOMMANDS = {
                  "named <build>.bgsnap...", ("qemu_backports", "qemu_dir", "qemu_name")),
     "qemu-list": ("List the QEMU builds the suite tests", ()),
     "qemu-remove": ("Remove a side-by-side QEMU build", ("qemu_build",)),
+    "uffd-check": ("Check the kernel's userfaultfd write-protect without a guest: QEMU's "
+                   "flow on each memory type, fork, pageout, THP split, mremap "
+                   "(docs/uffd-check.md)", ("uffd_json",)),
 }
 
 

@@ -1,9 +1,13 @@
-"""Build the guest workload ``bgsnap-wl`` from the C sources in ``wl/``.
+"""Build the suite's C programs from their source folders.
 
-Nothing happens at import time.  :func:`build_wl` compiles every
-``wl/*.c`` into one binary (statically linked for the guest, dynamically
-for host-side use in tests) and skips the work when the binary is already
-newer than every source and was built with the same settings.
+* :func:`build_wl`: the guest workload ``bgsnap-wl`` from ``wl/``;
+* :func:`build_uffd_check`: the host's UFFD-WP self-check
+  ``bgsnap-uffd-check`` from ``uffdcheck/`` (docs/uffd-check.md).
+
+Nothing happens at import time.  Each compiles every ``*.c`` of its folder
+into one binary (statically linked by default, dynamically for host-side
+use in tests) and skips the work when the binary is already newer than
+every source and was built with the same settings.
 """
 
 import hashlib
@@ -15,41 +19,52 @@ from pathlib import Path
 
 WL_DIR = Path(__file__).resolve().parent / "wl"
 BINARY_NAME = "bgsnap-wl"
+UFFDCHECK_DIR = Path(__file__).resolve().parent / "uffdcheck"
+UFFDCHECK_BINARY_NAME = "bgsnap-uffd-check"
 CFLAGS = ("-std=c11", "-Wall", "-Wextra", "-O2", "-pthread")
 _STAMP_SUFFIX = ".build"
 
 
-class WorkloadBuildError(Exception):
+class CBuildError(Exception):
+    """A C program could not be compiled; the message carries the compiler's stderr."""
+
+
+class WorkloadBuildError(CBuildError):
     """The workload could not be compiled; the message carries the compiler's stderr."""
 
 
-def source_files() -> list[Path]:
-    """The workload's C sources and headers, sorted by name."""
-    return sorted(list(WL_DIR.glob("*.c")) + list(WL_DIR.glob("*.h")))
+class UffdCheckBuildError(CBuildError):
+    """bgsnap-uffd-check could not be compiled."""
 
 
-def source_digest() -> str:
+def source_files(src_dir: Path = WL_DIR) -> list[Path]:
+    """The C sources and headers of ``src_dir`` (the workload's by default), sorted by name."""
+    return sorted(list(src_dir.glob("*.c")) + list(src_dir.glob("*.h")))
+
+
+def source_digest(src_dir: Path = WL_DIR) -> str:
     """sha256 (hex) over the names and contents of the sources and the flags."""
     digest = hashlib.sha256()
     digest.update(" ".join(CFLAGS).encode())
-    for path in source_files():
+    for path in source_files(src_dir):
         digest.update(b"\0" + path.name.encode() + b"\0")
         digest.update(path.read_bytes())
     return digest.hexdigest()
 
 
-def _settings_text(static: bool, cc: str, extra_cflags: tuple) -> str:
-    return f"{source_digest()} static={static} cc={cc} extra={' '.join(extra_cflags)}\n"
+def _settings_text(src_dir: Path, static: bool, cc: str, extra_cflags: tuple) -> str:
+    return (f"{source_digest(src_dir)} static={static} cc={cc} "
+            f"extra={' '.join(extra_cflags)}\n")
 
 
-def _up_to_date(binary: Path, stamp: Path, settings: str) -> bool:
+def _up_to_date(src_dir: Path, binary: Path, stamp: Path, settings: str) -> bool:
     try:
         built = binary.stat().st_mtime
         if stamp.read_text() != settings:
             return False
     except OSError:
         return False
-    return all(src.stat().st_mtime < built for src in source_files())
+    return all(src.stat().st_mtime < built for src in source_files(src_dir))
 
 
 def build_wl(dest_dir: Path, static: bool = True, cc: str = "gcc",
@@ -60,20 +75,36 @@ def build_wl(dest_dir: Path, static: bool = True, cc: str = "gcc",
     are appended to the compiler flags (e.g. ``("-Werror",)``).
     Raises :class:`WorkloadBuildError` with the compiler's stderr on failure.
     """
-    dest_dir = Path(dest_dir)
-    sources = [p for p in source_files() if p.suffix == ".c"]
+    return _build(WL_DIR, BINARY_NAME, WorkloadBuildError, Path(dest_dir), static, cc,
+                  tuple(extra_cflags))
+
+
+def build_uffd_check(dest_dir: Path, static: bool = True, cc: str = "gcc",
+                     extra_cflags: tuple = ()) -> Path:
+    """Compile ``uffdcheck/*.c`` into ``dest_dir/bgsnap-uffd-check`` and return its path.
+
+    Static like the workload, so one binary runs on any host of the
+    architecture.  Raises :class:`UffdCheckBuildError` on failure.
+    """
+    return _build(UFFDCHECK_DIR, UFFDCHECK_BINARY_NAME, UffdCheckBuildError, Path(dest_dir),
+                  static, cc, tuple(extra_cflags))
+
+
+def _build(src_dir: Path, binary_name: str, error: type[CBuildError], dest_dir: Path,
+           static: bool, cc: str, extra_cflags: tuple) -> Path:
+    sources = [p for p in source_files(src_dir) if p.suffix == ".c"]
     if not sources:
-        raise WorkloadBuildError(f"no C sources found in {WL_DIR}")
+        raise error(f"no C sources found in {src_dir}")
     if shutil.which(cc) is None:
-        raise WorkloadBuildError(
+        raise error(
             f"C compiler {cc!r} not found: install it (Debian: apt-get install gcc libc6-dev)")
     dest_dir.mkdir(parents=True, exist_ok=True)
-    binary = dest_dir / BINARY_NAME
-    stamp = dest_dir / (BINARY_NAME + _STAMP_SUFFIX)
-    settings = _settings_text(static, cc, tuple(extra_cflags))
-    if _up_to_date(binary, stamp, settings):
+    binary = dest_dir / binary_name
+    stamp = dest_dir / (binary_name + _STAMP_SUFFIX)
+    settings = _settings_text(src_dir, static, cc, extra_cflags)
+    if _up_to_date(src_dir, binary, stamp, settings):
         return binary
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{BINARY_NAME}.", dir=dest_dir)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{binary_name}.", dir=dest_dir)
     os.close(fd)
     tmp = Path(tmp_name)
     cmd = [cc, *CFLAGS, *extra_cflags, *(["-static"] if static else []),
@@ -82,14 +113,14 @@ def build_wl(dest_dir: Path, static: bool = True, cc: str = "gcc",
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
         except (OSError, subprocess.TimeoutExpired) as exc:
-            raise WorkloadBuildError(f"{' '.join(cmd)}: {exc}") from exc
+            raise error(f"{' '.join(cmd)}: {exc}") from exc
         if proc.returncode != 0:
             hint = ""
             if static and ("-lc" in proc.stderr or "libc.a" in proc.stderr
                            or "-lpthread" in proc.stderr):
                 hint = "\n(static linking needs static glibc: apt-get install libc6-dev)"
-            raise WorkloadBuildError(
-                f"compiling {BINARY_NAME} failed (exit {proc.returncode}): {' '.join(cmd)}\n"
+            raise error(
+                f"compiling {binary_name} failed (exit {proc.returncode}): {' '.join(cmd)}\n"
                 f"{proc.stderr.strip()}{hint}")
         os.chmod(tmp, 0o755)
         os.replace(tmp, binary)
