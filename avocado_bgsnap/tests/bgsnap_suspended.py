@@ -38,6 +38,7 @@ def run(test, params, env):
     preserved = expect_suspended_preserved(facts.qemu.version)
     record = bg_metrics.Metrics()
     record.update({"host": facts.to_dict(), "accel": facts.accel.accel, "guest_state": "S3",
+                   "memory": cfg.memory.to_dict(),
                    "expected_suspended_preserved": preserved})
     vm = env.get_vm(params["main_vm"])
     cycle = SnapshotCycle(vm, cfg, record, Path(test.workdir), Path(params["bgsnap_wl_binary"]),
