@@ -21,6 +21,7 @@ from virttest import error_context, remote
 from avocado_bgsnap import metrics as bg_metrics
 from avocado_bgsnap import preflight, settings, suspend
 from avocado_bgsnap.cycle import SnapshotCycle
+from avocado_bgsnap.host.memory import thp_defrag, thp_mode
 from avocado_bgsnap.memory.predict import expect_suspended_preserved
 from avocado_bgsnap.qmp import SnapshotQMP
 
@@ -38,7 +39,8 @@ def run(test, params, env):
     preserved = expect_suspended_preserved(facts.qemu.version)
     record = bg_metrics.Metrics()
     record.update({"host": facts.to_dict(), "accel": facts.accel.accel, "guest_state": "S3",
-                   "memory": cfg.memory.to_dict(),
+                   "memory": cfg.memory.to_dict(), "restore_memory": cfg.memory.to_dict(),
+                   "host_memory": {"thp_mode": thp_mode(), "thp_defrag": thp_defrag()},
                    "expected_suspended_preserved": preserved})
     vm = env.get_vm(params["main_vm"])
     cycle = SnapshotCycle(vm, cfg, record, Path(test.workdir), Path(params["bgsnap_wl_binary"]),
