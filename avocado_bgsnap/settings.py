@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import transport as transports
+from .during import host_mm as mm_actions
 from .during.devices import BalloonSettings, VirtioMemSettings
 from .memory import config as memory_config
 from .memory.config import MemoryConfig
@@ -17,7 +18,8 @@ from .wlproto import WorkloadSpec
 ACCELERATORS = ("auto", "kvm", "tcg")
 # What a negative-control variant does to the snapshot; the test then PASSes
 # only when the verifier catches it.
-NEGATIVE_CONTROLS = ("none", "damage_file", "damage_in_transit", "late_image")
+NEGATIVE_CONTROLS = ("none", "damage_file", "damage_in_transit", "late_image",
+                     "wrong_prediction")
 # background: the feature under test; stop_save: stop, migrate to the file,
 # cont; snapshot_save: an internal snapshot into a qcow2 (snapshot-save job);
 # precopy: live migration into the file (its END state is the image).
@@ -30,7 +32,7 @@ INTERNAL_NEGATIVE_CONTROLS = ("none", "damage_file")
 # The host THP mode a test runs under (keep: leave the host's as it is).
 HOST_THP_MODES = ("keep", "always", "madvise", "never")
 # What can happen while the RAM streams (during/): a name each.
-DURING_ACTIONS = ("balloon", "virtio_mem")
+DURING_ACTIONS = ("balloon", "virtio_mem") + mm_actions.HOST_MM_ACTIONS
 
 
 class SettingsError(ValueError):
@@ -65,6 +67,7 @@ class BgsnapSettings:
     host_thp: str = "keep"     # one of HOST_THP_MODES
     balloon: BalloonSettings | None = None        # bgsnap_during has 'balloon'
     virtio_mem: VirtioMemSettings | None = None   # bgsnap_during has 'virtio_mem'
+    host_mm: mm_actions.HostMMSettings | None = None  # bgsnap_during has pageout, ksm, ...
 
 
 def _choice(params, key: str, default: str, allowed: tuple) -> str:
@@ -160,7 +163,47 @@ def _during(params, mode: str, mem: int, memory: MemoryConfig):
             f"virtio_mem-{devs[0].name}", mem, devs[0].size_mib, sizes,
             step_wait_s=params.get_numeric("bgsnap_virtio_mem_step_wait", 3, float),
             settle_timeout_s=params.get_numeric("bgsnap_virtio_mem_settle_timeout", 90, float))
-    return balloon, vmem
+    return balloon, vmem, _host_mm(params, names, mem, timeout)
+
+
+def _positive(params, key: str, default, kind=int, minimum=1):
+    value = kind(params.get_numeric(key, default, kind))
+    if value < minimum:
+        raise SettingsError(f"{key} = {value}: expected >= {minimum}")
+    return value
+
+
+def _host_mm(params, names, mem: int, timeout: float) -> mm_actions.HostMMSettings | None:
+    """The host memory-management actions (during/host_mm.py) and their knobs."""
+    if not set(names) & set(mm_actions.HOST_MM_ACTIONS):
+        return None
+    pageout = compact = collapse = ksm = numa = None
+    loop_s = _positive(params, "bgsnap_host_mm_timeout", timeout, float, 0.1)
+    if "pageout" in names:
+        swap_mib = _positive(params, "bgsnap_swap_mib", 1024)
+        if swap_mib < mem:
+            raise SettingsError(f"bgsnap_swap_mib = {swap_mib}: the swap file must hold the "
+                                f"whole guest RAM (mem = {mem})")
+        swap_dir = params.get("bgsnap_swap_dir", "/var/tmp")
+        if not swap_dir.startswith("/"):
+            raise SettingsError(f"bgsnap_swap_dir = {swap_dir!r}: expected an absolute path")
+        pageout = mm_actions.PageoutSettings(mem, swap_mib, Path(swap_dir))
+    if "compact" in names:
+        compact = mm_actions.CompactSettings(
+            mem, loop_s, _positive(params, "bgsnap_compact_interval", 0.5, float, 0.01))
+    if "thp_collapse" in names:
+        collapse = mm_actions.ThpCollapseSettings(
+            mem, loop_s, _positive(params, "bgsnap_thp_collapse_interval", 0.5, float, 0.01))
+    if "ksm" in names:
+        ksm = mm_actions.KsmSettings(mem, _positive(params, "bgsnap_ksm_pages_to_scan", 10000),
+                                  _positive(params, "bgsnap_ksm_sleep_ms", 10, int, 0), loop_s)
+    if "numa_migrate" in names:
+        nodes = params.get("bgsnap_numa_nodes", "0 1").split()
+        if len(nodes) != 2 or not all(n.isdigit() for n in nodes) or nodes[0] == nodes[1]:
+            raise SettingsError(f"bgsnap_numa_nodes = {params.get('bgsnap_numa_nodes')!r}: "
+                                "expected two different host node numbers, from and to")
+        numa = mm_actions.NumaMigrateSettings(mem, int(nodes[0]), int(nodes[1]))
+    return mm_actions.HostMMSettings(pageout, compact, collapse, ksm, numa)
 
 
 def from_params(params) -> BgsnapSettings:
@@ -188,7 +231,7 @@ def from_params(params) -> BgsnapSettings:
         if mode == "snapshot_save":
             _check_internal(transport, negative)
         memory, restore_memory, restore = _memory(params)
-        balloon, vmem = _during(params, mode, mem, memory)
+        balloon, vmem, host_mm_cfg = _during(params, mode, mem, memory)
         bandwidth = int(params.get_numeric("bgsnap_max_bandwidth_mib_s", 0))
         if bandwidth < 0:
             raise SettingsError(f"bgsnap_max_bandwidth_mib_s = {bandwidth}: expected >= 0 "
@@ -220,6 +263,7 @@ def from_params(params) -> BgsnapSettings:
             host_thp=_choice(params, "bgsnap_host_thp", "keep", HOST_THP_MODES),
             balloon=balloon,
             virtio_mem=vmem,
+            host_mm=host_mm_cfg,
         )
     except (TypeError, ValueError) as exc:
         if isinstance(exc, SettingsError):

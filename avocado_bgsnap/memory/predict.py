@@ -98,6 +98,14 @@ def judge(expected: Expectation, refusal: str | None) -> Judgement:
                                f"predicted: {refusal}")
 
 
+def contradicted(expected: Expectation) -> Expectation:
+    """The opposite claim (negative control ``wrong_prediction``): judging
+    QEMU's real answer against it must give a FAIL."""
+    if expected.supported:
+        return Expectation(False, "negative control: claimed unsupported", REFUSED_MEMORY)
+    return Expectation(True, "negative control: claimed supported")
+
+
 def expect_suspended_preserved(qemu_version: tuple) -> bool:
     """Whether this build keeps an S3-suspended guest suspended through a
     background snapshot (a build that wakes it is reported as a FAIL)."""

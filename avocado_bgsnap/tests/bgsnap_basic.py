@@ -10,7 +10,9 @@
    (a predicted refusal is a CANCEL with QEMU's message, any disagreement
    a FAIL).  Read the writers' steps, trigger the snapshot through QMP,
    read the steps again right after RESUME, do the ``bgsnap_during``
-   actions while the RAM streams, wait for ``completed``.
+   actions while the RAM streams, wait for ``completed``.  The negative
+   control ``wrong_prediction`` judges QEMU's answer against the opposite
+   claim and PASSes only when that is caught.
 4. The source kept running (its steps advanced) and still verifies clean.
 5. Negative controls (``bgsnap_negative_control``): ``damage_file`` flips
    one byte of a guest page in the file (``damage_in_transit`` did it in the
@@ -31,10 +33,10 @@ from virttest import error_context
 from avocado_bgsnap import metrics as bg_metrics
 from avocado_bgsnap import preflight, settings
 from avocado_bgsnap.cycle import SnapshotCycle
-from avocado_bgsnap.during import DuringSaveRun
+from avocado_bgsnap.during import DuringSaveRun, host_mm
 from avocado_bgsnap.during.devices import configured
 from avocado_bgsnap.host.memory import HostMemoryUnavailable
-from avocado_bgsnap.memory import host_setup
+from avocado_bgsnap.memory import host_setup, predict
 
 
 @error_context.context_aware
@@ -52,22 +54,27 @@ def run(test, params, env):
 
     try:
         with host_setup.prepared(cfg.memory, cfg.restore_memory, cfg.restore_params,
-                                 cfg.host_thp, params, test.log.info) as memory:
-            _run_cycle(test, params, env, cfg, facts, memory)
+                                 cfg.host_thp, params, test.log.info) as memory, \
+                host_mm.prepared(cfg.host_mm, test.log.info) as host_events:
+            _run_cycle(test, params, env, cfg, facts, memory, host_events)
+    except host_mm.HostMMUnavailable as exc:
+        test.cancel(f"not tested on this host: {exc}")
     except HostMemoryUnavailable as exc:
         test.cancel(f"the host cannot give this memory configuration: {exc}")
 
 
-def _run_cycle(test, params, env, cfg, facts, memory):
+def _run_cycle(test, params, env, cfg, facts, memory, host_events):
     expected = host_setup.expectation(memory, facts.uffd.features, facts.qemu.version)
     if not expected.supported and expected.refusal is None:
         test.cancel(f"unsupported by this host: {expected.reason}")
     record = bg_metrics.Metrics()
     record.update({"host": facts.to_dict(), "accel": facts.accel.accel,
                    "memory": memory.memory.to_dict(), "host_memory": memory.host,
-                   "restore_memory": memory.restore_memory.to_dict()})
+                   "restore_memory": memory.restore_memory.to_dict(),
+                   "host_mm": host_events.host})
     vm = env.get_vm(params["main_vm"])
-    during = DuringSaveRun(configured(cfg.balloon, cfg.virtio_mem), test.log.info)
+    during = DuringSaveRun(configured(cfg.balloon, cfg.virtio_mem) + host_events.actions,
+                           test.log.info)
     cycle = SnapshotCycle(vm, cfg, record, Path(test.workdir), Path(params["bgsnap_wl_binary"]),
                           test.log.info, during, memory.restore_params)
     failure = None
@@ -77,6 +84,14 @@ def _run_cycle(test, params, env, cfg, facts, memory):
         vm.create(params=params.object_params(vm.name))
         cycle.boot_and_fill(boot_started)
         error_context.context("Take the snapshot (mode %s)" % cfg.mode, test.log.info)
+        if cfg.negative_control == "wrong_prediction":
+            judgement = cycle.offer_background_snapshot(predict.contradicted(expected))
+            if judgement.outcome != "fail":
+                test.fail("negative control wrong_prediction: a wrong prediction was not "
+                          "caught: " + judgement.message)
+            test.log.info("negative control: the wrong prediction was caught: %s",
+                          judgement.message)
+            return
         if cfg.mode == "background":
             judgement = cycle.offer_background_snapshot(expected)
             if judgement.outcome == "cancel":

@@ -3,7 +3,7 @@
 Real avocado jobs, real QEMU: shared memfd and /dev/shm RAM, hugetlb (the
 test reserves hugepages and gives them back), two vCPUs, a balloon inflated
 and deflated while the RAM streams, and a file on a disk filesystem, which
-QEMU must refuse as predicted.  ``run_job`` also checks that no host memory
+QEMU must refuse as predicted (and the prediction check's negative control).  ``run_job`` also checks that no host memory
 setting was left changed.
 """
 
@@ -43,14 +43,20 @@ def test_memory_configurations_restore_exactly(tmp_path):
     assert action["after_save"]["actual_mib"] == balloon["guest_mem_mib"]
 
 
-def test_disk_file_backend_is_refused_as_predicted(tmp_path):
-    data, _ = run_job(tmp_path, "memory.backend.disk_file")
-    (test,) = data["tests"]
-    assert test["status"] == "CANCEL", test["fail_reason"]
-    assert "QEMU refused as predicted" in test["fail_reason"]
-    m = metrics_of(test)
+def test_disk_file_backend_is_refused_as_predicted_and_a_wrong_prediction_is_caught(tmp_path):
+    data, _ = run_job(tmp_path, "memory.backend.disk_file",
+                      "memory.negative.wrong_prediction_refused")
+    tests = by_name(data)
+    refused = tests["memory.backend.disk_file"]
+    assert refused["status"] == "CANCEL", refused["fail_reason"]
+    assert "QEMU refused as predicted" in refused["fail_reason"]
+    m = metrics_of(refused)
     assert not m["expected"]["supported"] and m["prediction_check"] == "cancel"
     assert "not compatible with guest memory configuration" in m["qemu_refusal"]
+    # the same refusal judged against the claim "supported" must be caught
+    negative = tests["memory.negative.wrong_prediction_refused"]
+    assert negative["status"] == "PASS", negative["fail_reason"]
+    assert metrics_of(negative)["prediction_check"] == "fail"
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="reserving hugepages needs root")

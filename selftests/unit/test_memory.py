@@ -167,3 +167,12 @@ def test_virtio_mem_population_check(growth, populated):
     # 256 MiB boot RAM + 128 MiB plugged of a 1 GiB device: populating the
     # unplugged 896 MiB is far above what the guest's RAM could add
     assert populated_too_much(growth, 256, 128) is populated
+
+
+@pytest.mark.parametrize("supported, refusal", [(True, None), (False, MEMORY_REFUSAL)])
+def test_a_contradicted_prediction_is_judged_a_failure(supported, refusal):
+    """The negative control wrong_prediction: QEMU's real answer against the
+    opposite claim must FAIL, whichever way the truth lies."""
+    truth = predict.Expectation(supported, "why", None if supported else predict.REFUSED_MEMORY)
+    assert predict.judge(truth, refusal).outcome in ("proceed", "cancel")
+    assert predict.judge(predict.contradicted(truth), refusal).outcome == "fail"
