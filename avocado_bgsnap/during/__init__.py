@@ -64,6 +64,11 @@ class DuringSave:
         """Failures of QEMU/kernel the action itself saw (its own record)."""
         return []
 
+    def nothing_happened(self, record: dict) -> str | None:
+        """Why the action, though it ran in time, changed nothing (its own
+        record, after ``settle``): the variant did not test what it claims."""
+        return None
+
 
 class DuringSaveRun:
     """The configured actions of one snapshot, and what each did."""
@@ -96,9 +101,13 @@ class DuringSaveRun:
             record["after_save"] = action.settle(ctx)
 
     def missed(self) -> list[str]:
-        """Actions that did not start while the save streamed."""
-        return [f"{r['action']}: the save was already '{r['status_before']}' when it started"
+        """Actions that did not start while the save streamed, or did nothing."""
+        late = [f"{r['action']}: the save was already '{r['status_before']}' when it started"
                 for r in self.records if r["status_before"] not in STREAMING]
+        idle = [f"{r['action']}: nothing happened: {why}"
+                for action, r in zip(self.actions, self.records)
+                if r["status_before"] in STREAMING and (why := action.nothing_happened(r))]
+        return late + idle
 
     def errors(self) -> list[str]:
         return [f"{r['action']}: {e}" for action, r in zip(self.actions, self.records)
