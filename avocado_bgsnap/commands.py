@@ -1,6 +1,8 @@
 """What ``avocado bgsnap <sub-command>`` does."""
 
 import json
+import subprocess
+import sys
 import shutil
 import time
 from pathlib import Path
@@ -181,6 +183,36 @@ def uffd_check(config) -> int:
     return EXIT_FAIL if result.status == "FAIL" else EXIT_OK
 
 
+# The kernel set (docs/uffd-check.md "One command for a kernel"): the
+# guest-less self-check, the memory backends, the host's memory management.
+KERNEL_SET = ("uffd", "memory.backend", "hostmm")
+
+
+def validate_kernel(config) -> int:
+    """Run the kernel set on the system QEMU, print one verdict table per
+    kernel; exit 1 when a check or test failed."""
+    from .report import kernel as kernel_report
+
+    prefix = "system." if qemu_builds.load_builds() else ""
+    refs = [prefix + ref for ref in (_opt(config, "kernel_refs") or KERNEL_SET)]
+    LOG_UI.info("avocado run %s", " ".join(refs))
+    job_status = subprocess.run([sys.executable, "-m", "avocado", "run", *refs],
+                                check=False).returncode
+    job = (paths.results_dir() / "latest").resolve()
+    verdicts = kernel_report.kernel_verdicts([job])
+    if not verdicts:
+        LOG_UI.error("job %s (exit %d) holds no kernel results", job, job_status)
+        return EXIT_FAIL
+    for line in kernel_report.render(verdicts).splitlines():
+        LOG_UI.info("%s", line)
+    out = job / kernel_report.VERDICT_FILE
+    out.write_text(json.dumps([v.to_dict() for v in verdicts], indent=2) + "\n")
+    LOG_UI.info("json     %s (compare two kernels: avocado bgsnap report --job B --compare A)",
+                out)
+    failed = any(v.failed for v in verdicts)
+    return EXIT_FAIL if failed or job_status not in (0, 1) else EXIT_OK
+
+
 def dispatch(subcommand: str | None, config) -> int:
     handlers = {
         "host-check": host_check,
@@ -192,6 +224,7 @@ def dispatch(subcommand: str | None, config) -> int:
         "qemu-list": qemu_list,
         "qemu-remove": qemu_remove,
         "uffd-check": uffd_check,
+        "validate-kernel": validate_kernel,
     }
     if subcommand not in handlers:
         LOG_UI.error("usage: avocado bgsnap {%s}", ",".join(handlers))

@@ -36,6 +36,8 @@ OPTIONS = (
     ("qemu_name", str, None, "Name of the build in test names (default: qemuMAJOR_MINOR_MICRO)",
      "--name"),
     ("uffd_json", str, None, "Also write the self-check's results as JSON to FILE", "--json"),
+    ("kernel_refs", list, None, "Test references to run instead of the kernel set "
+     "(repeatable; default: uffd memory.backend hostmm)", "--tests"),
     # a long option without a leading '-' is a positional argument
     ("qemu_build", str, None, "Name of the build (see 'avocado bgsnap qemu-list')", "NAME"),
 )
@@ -57,6 +59,9 @@ SUBCOMMANDS = {
     "uffd-check": ("Check the kernel's userfaultfd write-protect without a guest: QEMU's "
                    "flow on each memory type, fork, pageout, THP split, mremap "
                    "(docs/uffd-check.md)", ("uffd_json",)),
+    "validate-kernel": ("Run the kernel set (the self-check, the memory backends, the host's "
+                        "memory management during the save) and print one verdict table "
+                        "per kernel", ("kernel_refs",)),
 }
 
 

@@ -10,7 +10,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
-from . import collect, compare, memconfig, plots, render, shapes, stats, tables
+import json
+
+from . import collect, compare, kernel, memconfig, plots, render, shapes, stats, tables
 from .figures import PAUSE, fmt, fmt_mib
 
 REPORT_DIR = "bgsnap-report"
@@ -139,6 +141,12 @@ def make_report(job_paths: Sequence[Path | str], compare_paths: Sequence[Path | 
     if checks:
         report.tables.append(tables.shapes_table(checks))
     report.tables += [tables.ab_table(c) for c in comparisons]
+    if kernel.has_kernel_data(jobs):
+        verdicts = kernel.kernel_verdicts(jobs, statuses)
+        report.answers += [v.answer() for v in verdicts]
+        report.tables += [tables.kernel_table(v) for v in verdicts]
+        (outdir / kernel.VERDICT_FILE).write_text(
+            json.dumps([v.to_dict() for v in verdicts], indent=2) + "\n")
     report.plots = plots.plot_all(series, comparisons, outdir)
     report.points_table = tables.points_table(points)
     files = render.write_all(report, points, outdir)

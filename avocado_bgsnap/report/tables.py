@@ -176,3 +176,15 @@ def memory_table(rows: Sequence[memconfig.ConfigRow]) -> Table:
                           + [key.thp] + ([key.during or "-"] if during else [])
                           + [row.cell(b) for b in build_names])
     return table
+
+
+def kernel_table(verdict) -> Table:
+    """One kernel's verdict (report/kernel.py): a row per check or test."""
+    return Table(title=f"Kernel {verdict.kernel}: UFFD-WP under background snapshots",
+                 header=["family", "check / test", "outcome", "evidence"],
+                 rows=[[r.family, r.case, r.outcome, r.evidence] for r in verdict.rows],
+                 note=f"UFFD features {verdict.features}; uffd: the guest-less self-check "
+                      f"(docs/uffd-check.md); memory: the backends (docs/memory.md); "
+                      f"hostmm: the host's memory management during the save "
+                      f"(docs/host-mm.md).",
+                 footer=verdict.answer())
