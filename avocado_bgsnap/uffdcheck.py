@@ -7,7 +7,11 @@ result per case as JSON.  Here:
 * :func:`run_check` builds (or reuses) the binary and runs it, with a few
   2 MiB hugepages reserved around the run (:func:`host.memory.reserved_hugepages`,
   which puts ``nr_hugepages`` back) -- without them (not root, no pages) the
-  hugetlb cases are ``unsupported`` with the reason;
+  hugetlb cases are ``unsupported`` with the reason -- and, for the KSM
+  cases (``wp-ksm``, ``wp-ksm-premerged``), ksmd running fast
+  (:func:`host.ksm.ksm_control`, which puts ``run``, ``pages_to_scan`` and
+  ``sleep_millisecs`` back and unmerges) -- not root: ``unsupported: needs
+  root to run ksmd``;
 * :func:`parse_report` turns its JSON into a :class:`CheckReport` of
   :class:`CaseResult`;
 * :func:`render_table` for people, :func:`write_json` for files;
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import subprocess
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -29,6 +34,7 @@ from typing import Any, Callable, Mapping
 
 from . import paths
 from .guest import wl_build
+from .host import ksm as host_ksm
 from .host import memory
 
 PASS, FAIL, UNSUPPORTED = "pass", "FAIL", "unsupported"
@@ -37,9 +43,13 @@ HUGEPAGE_KIB = 2048
 # The hugetlb cases map 8 MiB (4 pages); a private mapping forked with its
 # child writing needs file pages + the parent's copies + the child's: 12.
 HUGEPAGES = 16
-# The negative control: QEMU's flow on every memory type, never protected.
-NEGATIVE_CASES = ("wp-basic",)
+# Need ksmd running: started around the run when root.
+KSM_CASES = ("wp-ksm", "wp-ksm-premerged")
+# The negative control: QEMU's flow on every memory type, and the KSM cases,
+# never protected.
+NEGATIVE_CASES = ("wp-basic", *KSM_CASES)
 FAULT_LATENCY_CASE = "fault-latency"
+KSM_NEEDS_ROOT = "needs root to run ksmd"
 # bgsnap-uffd-check: 0 no FAIL, 1 a FAIL, 3 its watchdog stopped a hung case
 # (the JSON is complete in all three).
 _REPORTED_EXITS = (0, 1, 3)
@@ -112,6 +122,27 @@ class CheckReport:
         return {key.removeprefix("fault_"): value for key, value in case.figures.items()
                 if key.startswith("fault_")}
 
+    def ksm_merges(self) -> dict[str, dict[str, Any]]:
+        """Per KSM case that ran: what ksmd merged and what the writes met.
+
+        ``merged`` pages, ``merged_uffd_wp`` (of them still uffd-wp in pagemap
+        before the writes), ``writes_without_fault`` (writes to merged pages that
+        reached memory without a fault), ``wait_s``, ``result``.
+        """
+        found = {}
+        for name in KSM_CASES:
+            case = self.case(name, "anon")
+            if case is None or "pages_merged" not in case.figures:
+                continue
+            fig = case.figures
+            found[name] = {"result": case.result, "pages": fig.get("pages"),
+                           "merged": fig.get("pages_merged_before_writes",
+                                             fig.get("pages_merged")),
+                           "merged_uffd_wp": fig.get("merged_uffd_wp_before_writes"),
+                           "writes_without_fault": fig.get("merged_writes_without_fault"),
+                           "wait_s": fig.get("ksm_wait_s")}
+        return found
+
     def counts(self) -> dict[str, int]:
         return {result: len(self.with_result(result)) for result in RESULTS}
 
@@ -120,6 +151,7 @@ class CheckReport:
                 "feature_names": list(self.feature_names), "no_protect": self.no_protect,
                 **dict(self.host), "aborted": self.aborted, "summary": self.counts(),
                 "fault_round_trip_us": self.fault_round_trip(),
+                "ksm_merges": self.ksm_merges(),
                 "cases": [c.to_dict() for c in self.cases]}
 
 
@@ -143,16 +175,33 @@ class CheckOptions:
     writers: int = 2
     case_timeout_s: float = 30.0
     timeout_s: float = 300.0
+    # the KSM cases: how long they wait for ksmd to merge, ksmd's knobs meanwhile
+    ksm_wait_s: float = 20.0
+    ksm_pages_to_scan: int = 8192
+    ksm_sleep_ms: int = 10
 
-    def arguments(self, hugetlb_skip: str | None) -> list[str]:
-        cases = NEGATIVE_CASES if self.negative and not self.cases else self.cases
+    @property
+    def selected_cases(self) -> tuple[str, ...]:
+        """The ``--case`` list (empty: every case)."""
+        return NEGATIVE_CASES if self.negative and not self.cases else self.cases
+
+    def arguments(self, hugetlb_skip: str | None, ksm_skip: str | None = None) -> list[str]:
+        cases = self.selected_cases
         args = ["--mib", str(self.mib), "--writers", str(self.writers),
-                "--case-timeout", str(self.case_timeout_s)]
+                "--case-timeout", str(self.case_timeout_s), "--ksm-wait", f"{self.ksm_wait_s:g}"]
         args += ["--no-protect"] if self.negative else []
         args += ["--case", ",".join(cases)] if cases else []
         args += ["--memory", ",".join(self.memory_types)] if self.memory_types else []
         args += ["--skip-hugetlb", hugetlb_skip] if hugetlb_skip else []
+        args += ["--skip-ksm", ksm_skip] if ksm_skip else []
         return args
+
+    @property
+    def wants_ksm(self) -> bool:
+        """A KSM case (anon) is selected: ksmd must run."""
+        cases = self.selected_cases
+        return ((not cases or any(c in KSM_CASES for c in cases))
+                and (not self.memory_types or "anon" in self.memory_types))
 
     @property
     def wants_hugetlb(self) -> bool:
@@ -221,6 +270,10 @@ def render_table(report: CheckReport) -> str:
                      f"returns; 1 writer, anon): p50 {trip.get('p50_us')} µs, p99 "
                      f"{trip.get('p99_us')} µs, max {trip.get('max_us')} µs "
                      f"(n={trip.get('n')})")
+    for name, ksm in report.ksm_merges().items():
+        lines.append(f"KSM ({name}): {ksm['merged']} of {ksm['pages']} pages merged in "
+                     f"{ksm['wait_s']} s, {ksm['merged_uffd_wp']} of them still uffd-wp, "
+                     f"{ksm['writes_without_fault']} writes to merged pages without a fault")
     counts = report.counts()
     lines.append(f"{counts[PASS]} pass, {counts[FAIL]} FAIL, {counts[UNSUPPORTED]} unsupported"
                  + (f"; aborted: {report.aborted}" if report.aborted else ""))
@@ -310,12 +363,35 @@ def _execute(binary: Path, args: list[str], timeout_s: float) -> CheckReport:
                              proc.stderr) from exc
 
 
+def _is_root() -> bool:
+    return os.geteuid() == 0
+
+
+def _run_ksmd(stack: contextlib.ExitStack, options: CheckOptions,
+              log: Callable[[str], None]) -> str | None:
+    """ksmd running fast until ``stack`` closes (knobs put back); else why not."""
+    if not _is_root():
+        return KSM_NEEDS_ROOT
+    try:
+        control = stack.enter_context(host_ksm.ksm_control())
+        control.start(options.ksm_pages_to_scan, options.ksm_sleep_ms)
+    except memory.HostMemoryUnavailable as exc:
+        return str(exc)
+    except OSError as exc:
+        return f"cannot start ksmd: {exc}"
+    log(f"ksmd running for the KSM cases (pages_to_scan {options.ksm_pages_to_scan}, "
+        f"sleep_millisecs {options.ksm_sleep_ms}); its knobs go back to {control.original}")
+    return None
+
+
 def run_check(options: CheckOptions = CheckOptions(), binary: Path | None = None,
               log: Callable[[str], None] = memory.LOG.info) -> CheckReport:
-    """Build (unless ``binary`` is given) and run the check; hugepages reserved around it.
+    """Build (unless ``binary`` is given) and run the check; hugepages reserved around
+    it, and ksmd running fast when a KSM case is selected.
 
     :raises UffdCheckError: the binary could not be built, run or read.
-    :raises memory.HostMemoryNotRestored: ``nr_hugepages`` could not be put back.
+    :raises memory.HostMemoryNotRestored: ``nr_hugepages`` or KSM's knobs could not
+        be put back.
     """
     binary = binary or build_check()
     with contextlib.ExitStack() as stack:
@@ -328,4 +404,7 @@ def run_check(options: CheckOptions = CheckOptions(), binary: Path | None = None
             except memory.HostMemoryUnavailable as exc:
                 skip = str(exc)
                 log(f"hugetlb cases unsupported: {skip}")
-        return _execute(binary, options.arguments(skip), options.timeout_s)
+        ksm_skip = _run_ksmd(stack, options, log) if options.wants_ksm else None
+        if ksm_skip:
+            log(f"KSM cases unsupported: {ksm_skip}")
+        return _execute(binary, options.arguments(skip, ksm_skip), options.timeout_s)

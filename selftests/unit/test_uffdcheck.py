@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from avocado_bgsnap import host, uffdcheck
+from avocado_bgsnap.host import ksm as host_ksm
 from avocado_bgsnap.host import memory
 from avocado_bgsnap.uffdcheck import FAIL, PASS, UNSUPPORTED, CheckOptions
 
@@ -97,6 +98,45 @@ def test_render_table_rows_figures_and_round_trip():
     assert lines[-1] == "2 pass, 1 FAIL, 1 unsupported"
 
 
+KSM_LOST = case("wp-ksm", result=FAIL, reason="1536 of 2048 KSM-merged pages lost write "
+                "protection", pages=2048, pages_merged=2048, pages_merged_before_writes=2048,
+                merged_uffd_wp_before_writes=512, merged_writes_without_fault=1536,
+                ksm_wait_s=0.05, wp_faults=512)
+KSM_PREMERGED = case("wp-ksm-premerged", pages=2048, pages_merged=2040,
+                     merged_uffd_wp_before_protect=0, pages_merged_before_writes=2044,
+                     merged_uffd_wp_before_writes=2044, merged_writes_without_fault=0,
+                     ksm_wait_s=0.1, wp_faults=2048)
+
+
+def test_ksm_merges_and_their_table_lines():
+    report = uffdcheck.parse_report(document(
+        case(), KSM_LOST, KSM_PREMERGED,
+        case("wp-ksm", "anon-thp", UNSUPPORTED, "not a KSM type")))
+    merges = report.ksm_merges()
+    assert merges["wp-ksm"] == {"result": FAIL, "pages": 2048, "merged": 2048,
+                                "merged_uffd_wp": 512, "writes_without_fault": 1536,
+                                "wait_s": 0.05}
+    # what the writes met: the count after protecting, not the one after merging
+    assert merges["wp-ksm-premerged"]["merged"] == 2044
+    assert report.to_dict()["ksm_merges"] == merges
+    lines = uffdcheck.render_table(report).splitlines()
+    assert ("KSM (wp-ksm): 2048 of 2048 pages merged in 0.05 s, 512 of them still uffd-wp, "
+            "1536 writes to merged pages without a fault") in lines
+    assert any(line.startswith("KSM (wp-ksm-premerged): 2044 of 2048") for line in lines)
+    v = uffdcheck.verdict(report)
+    assert v.status == "FAIL" and "wp-ksm[anon]: 1536 of 2048 KSM-merged pages" in v.message
+
+
+def test_ksm_merges_skips_cases_that_merged_nothing():
+    report = uffdcheck.parse_report(document(
+        case("wp-ksm", result=UNSUPPORTED, reason="needs root to run ksmd"),
+        case("wp-ksm-premerged", result=UNSUPPORTED,
+             reason="KSM merged nothing within 20 s", pages_merged=0, ksm_wait_s=20)))
+    merges = report.ksm_merges()
+    assert list(merges) == ["wp-ksm-premerged"] and merges["wp-ksm-premerged"]["merged"] == 0
+    assert uffdcheck.verdict(report).status == "CANCEL"
+
+
 def test_render_table_says_negative_control():
     report = uffdcheck.parse_report(document(case(result=FAIL), no_protect=True))
     assert "NEGATIVE CONTROL" in uffdcheck.render_table(report).splitlines()[0]
@@ -166,14 +206,30 @@ def test_negative_verdict_cancel_and_wrong_run():
 
 def test_options_arguments():
     assert CheckOptions().arguments(None) == ["--mib", "16", "--writers", "2",
-                                              "--case-timeout", "30.0"]
+                                              "--case-timeout", "30.0", "--ksm-wait", "20"]
+    assert CheckOptions(ksm_wait_s=2.5).arguments(None, "needs root to run ksmd")[-4:] == \
+        ["--ksm-wait", "2.5", "--skip-ksm", "needs root to run ksmd"]
     neg = CheckOptions(negative=True).arguments("needs root to reserve hugepages")
-    assert neg[-5:] == ["--no-protect", "--case", "wp-basic", "--skip-hugetlb",
-                        "needs root to reserve hugepages"]
+    assert neg[-5:] == ["--no-protect", "--case", "wp-basic,wp-ksm,wp-ksm-premerged",
+                        "--skip-hugetlb", "needs root to reserve hugepages"]
     assert CheckOptions(cases=("wp-fork",), memory_types=("anon", "shmem")).arguments(None)[-4:] \
         == ["--case", "wp-fork", "--memory", "anon,shmem"]
     assert CheckOptions(memory_types=("anon",)).wants_hugetlb is False
+    # ksmd only when a KSM case (anon) can run
+    assert CheckOptions().wants_ksm and CheckOptions(cases=("wp-ksm",)).wants_ksm
+    assert CheckOptions(cases=("wp-basic", "wp-ksm-premerged"), memory_types=("anon",)).wants_ksm
+    assert not CheckOptions(cases=("wp-basic",)).wants_ksm
+    assert not CheckOptions(memory_types=("shmem",)).wants_ksm
+    assert CheckOptions(negative=True).wants_ksm    # wp-basic and the KSM cases
+    assert not CheckOptions(negative=True, cases=("wp-basic",)).wants_ksm
     assert CheckOptions().wants_hugetlb and CheckOptions(memory_types=("hugetlb",)).wants_hugetlb
+
+
+@pytest.fixture(autouse=True)
+def no_real_ksmd(monkeypatch):
+    """The host's ksmd stays untouched: run_check sees a non-root caller unless a test
+    says otherwise (and then fakes host.ksm.ksm_control)."""
+    monkeypatch.setattr(uffdcheck, "_is_root", lambda: False)
 
 
 @pytest.fixture
@@ -197,8 +253,8 @@ def test_run_check_passes_the_hugepage_refusal_as_the_skip_reason(fake_check, mo
     monkeypatch.setattr(memory, "reserved_hugepages", refuse)
     logged = []
     report = uffdcheck.run_check(CheckOptions(), binary=fake_check, log=logged.append)
-    assert report.host["args"].endswith(
-        "--skip-hugetlb needs root to reserve hugepages (16 x 2048 kB)")
+    assert ("--skip-hugetlb needs root to reserve hugepages (16 x 2048 kB) --"
+            in report.host["args"])
     assert "hugetlb cases unsupported" in logged[0]
 
 
@@ -217,9 +273,57 @@ def test_run_check_reserves_hugepages_around_the_run(fake_check, monkeypatch):
     assert "--skip-hugetlb" not in report.host["args"]
     # no hugetlb type asked for: no reservation at all
     events.clear()
-    uffdcheck.run_check(CheckOptions(memory_types=("anon",)), binary=fake_check,
-                        log=events.append)
+    uffdcheck.run_check(CheckOptions(cases=("wp-basic",), memory_types=("anon",)),
+                        binary=fake_check, log=events.append)
     assert events == []
+
+
+def test_run_check_says_ksm_needs_root(fake_check, monkeypatch):
+    monkeypatch.setattr(uffdcheck, "_is_root", lambda: False)
+    entered = []
+    monkeypatch.setattr(host_ksm, "ksm_control", lambda: entered.append(1))
+    logged = []
+    report = uffdcheck.run_check(CheckOptions(hugepages=0), binary=fake_check,
+                                 log=logged.append)
+    assert report.host["args"].endswith("--skip-ksm needs root to run ksmd")
+    assert entered == [] and "KSM cases unsupported: needs root to run ksmd" in logged
+
+
+def test_run_check_runs_ksmd_around_the_run_and_puts_it_back(fake_check, monkeypatch):
+    from contextlib import contextmanager
+    events = []
+
+    class Control:
+        original = {"run": 0, "pages_to_scan": 100, "sleep_millisecs": 20}
+
+        def start(self, pages_to_scan, sleep_millisecs):
+            events.append(("start", pages_to_scan, sleep_millisecs))
+
+    @contextmanager
+    def control():
+        events.append("snapshot")
+        yield Control()
+        events.append("restore")
+    monkeypatch.setattr(uffdcheck, "_is_root", lambda: True)
+    monkeypatch.setattr(host_ksm, "ksm_control", control)
+    report = uffdcheck.run_check(CheckOptions(hugepages=0), binary=fake_check,
+                                 log=lambda line: None)
+    assert events == ["snapshot", ("start", 8192, 10), "restore"]
+    assert "--skip-ksm" not in report.host["args"]
+    # no KSM case asked for: ksmd left alone
+    events.clear()
+    uffdcheck.run_check(CheckOptions(hugepages=0, cases=("wp-basic",)), binary=fake_check)
+    assert events == []
+
+    # no KSM on the kernel: the refusal is the reason, nothing to restore
+    def refuse():
+        raise memory.HostMemoryUnavailable(
+            "no KSM on this kernel (/sys/kernel/mm/ksm/run missing)")
+    monkeypatch.setattr(host_ksm, "ksm_control", refuse)
+    report = uffdcheck.run_check(CheckOptions(hugepages=0), binary=fake_check,
+                                 log=lambda line: None)
+    assert report.host["args"].endswith("--skip-ksm no KSM on this kernel "
+                                        "(/sys/kernel/mm/ksm/run missing)")
 
 
 def test_run_check_errors(fake_check, monkeypatch, tmp_path):

@@ -83,6 +83,9 @@ struct options {
     size_t mib;          /* per case, 4 KiB and THP types */
     size_t hugetlb_mib;  /* per case, hugetlb types */
     const char *hugetlb_skip;
+    const char *ksm_skip;  /* why ksmd cannot run for the KSM cases (not root) */
+    double ksm_wait;       /* seconds the KSM cases wait for ksmd to merge */
+    size_t ksm_pages;      /* pages of the KSM cases' region */
 };
 extern struct options g_opts;
 extern uint64_t g_features;   /* what the kernel offers */
@@ -157,6 +160,7 @@ struct verify_opts {
     bool old_is_zero;      /* never-populated memory: the old content is zeros */
     size_t skip_cell;      /* a cell the case discarded (MADV_DONTNEED) */
     bool copies_optional;  /* protection legitimately gone (mremap without event) */
+    size_t old_group;      /* old stamps name the first cell of groups this large (KSM) */
 };
 void verify_region(struct region *r, const struct verify_opts *vo, struct result *res);
 void verify_file_view(struct region *r, struct result *res);
@@ -172,6 +176,19 @@ struct smapstat {
     long rss_kib, anon_huge_kib, swap_kib;
 };
 int pagemap_stat(uintptr_t addr, size_t len, struct pmstat *s);
+/* Per page of [addr, addr+len): PG_* flags; merged = a KSM page
+ * (/proc/kpageflags KPF_KSM when PFNs are visible, i.e. root; else a present
+ * page not exclusively mapped, pagemap bit 56 clear). */
+#define PG_PRESENT 1u
+#define PG_UFFD_WP 2u
+#define PG_MERGED 4u
+struct ksmstat {
+    size_t present, uffd_wp, merged, merged_uffd_wp;
+    bool by_kpageflags;
+};
+int pagemap_ksm(uintptr_t addr, size_t len, unsigned char *flags, struct ksmstat *s);
+long ksm_stat_value(const char *key);   /* /proc/self/ksm_stat, -1 unreadable */
+long sysfs_long(const char *path);      /* first number of a sysfs file, -1 */
 int smaps_stat(uintptr_t addr, size_t len, struct smapstat *s);
 long mincore_resident(uintptr_t addr, size_t len);
 int sysfs_choice(const char *path, char *out, size_t outlen);

@@ -6,6 +6,7 @@
 #include <sched.h>
 #include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/wait.h>
@@ -501,6 +502,172 @@ out:
     teardown(&s);
 }
 
+/* -- KSM ------------------------------------------------------------------- */
+#ifndef MADV_MERGEABLE
+#define MADV_MERGEABLE 12
+#endif
+#define KSM_GROUP 4          /* pages of identical content per group */
+#define KSM_RUN "/sys/kernel/mm/ksm/run"
+
+/* ksmd must already run (the Python side starts it when root). */
+static bool ksm_usable(struct result *res)
+{
+    if (g_opts.ksm_skip) {
+        res_unsupported(res, "%s", g_opts.ksm_skip);
+        return false;
+    }
+    long run = sysfs_long(KSM_RUN);
+    if (run < 0) {
+        res_unsupported(res, "no KSM on this kernel (%s unreadable)", KSM_RUN);
+        return false;
+    }
+    if (run != 1) {
+        res_unsupported(res, "ksmd is not running (%s = %ld): needs root to run ksmd (echo 1 > "
+                        "%s; the Python side does it and puts it back)", KSM_RUN, run, KSM_RUN);
+        return false;
+    }
+    return true;
+}
+
+/* Until ksmd merged 90% of the pages, or stopped merging for 3 s, or the
+ * wait ran out.  Returns the seconds waited; *st and flags as last sampled. */
+static double wait_merged(struct setup *s, unsigned char *flags, struct ksmstat *st)
+{
+    double t0 = now_s(), changed = t0;
+    size_t last = 0, target = s->r.nunits * 9 / 10;
+    set_step("wait for ksmd to merge");
+    for (;;) {
+        pagemap_ksm(base_of(s), s->r.len, flags, st);
+        double t = now_s();
+        if (st->merged >= target || t - t0 >= g_opts.ksm_wait ||
+            (st->merged && t - changed >= 3.0))
+            return t - t0;
+        if (st->merged != last) {
+            last = st->merged;
+            changed = t;
+        }
+        usleep(50000);
+    }
+}
+
+/* wp-ksm: write-protect, let ksmd merge, write.  wp-ksm-premerged: let
+ * ksmd merge, write-protect, write.  Pages come in groups of KSM_GROUP with
+ * the same content; KSM keeps one page per group and maps it read-only at
+ * every address of the group.  The writes must all fault (copy old,
+ * un-protect, as QEMU does): a merge that dropped the uffd-wp bit makes a
+ * write to the merged page an ordinary CoW, silently. */
+static void case_ksm(struct result *res, enum mem_type mt, const struct case_def *def)
+{
+    bool premerged = def->flag == 1;
+    unsigned char *flags = NULL;
+    struct setup s;
+    memset(&s, 0, sizeof s);
+    if (!ksm_usable(res))
+        return;
+    if (!setup(&s, res, mt, g_opts.ksm_pages * CELL, 0, false))
+        goto out;
+    char *base = (char *)base_of(&s);
+    set_step("fill groups of identical pages");
+    for (size_t c = 0; c < s.r.ncells; c++)
+        write_cell(base + c * CELL, TAG_PRE, c - c % KSM_GROUP, 0);
+    flags = calloc(s.r.nunits, 1);
+    if (!flags) {
+        res_fail(res, "out of memory");
+        goto out;
+    }
+    set_step("MADV_MERGEABLE");
+    if (madvise(base, s.r.len, MADV_MERGEABLE)) {
+        res_unsupported(res, "madvise(MADV_MERGEABLE): %s", strerror(errno));
+        goto out;
+    }
+    long full0 = sysfs_long("/sys/kernel/mm/ksm/full_scans");
+    struct ksmstat st;
+    if (!premerged) {
+        if (!protect_or_fail(&s, res))
+            goto out;
+        pagemap_ksm(base_of(&s), s.r.len, NULL, &st);
+        fig_num(res, "uffd_wp_after_protect", (double)st.uffd_wp);
+    }
+    double waited = wait_merged(&s, flags, &st);
+    long full1 = sysfs_long("/sys/kernel/mm/ksm/full_scans");
+    fig_num(res, "ksm_group", KSM_GROUP);
+    fig_num(res, "ksm_wait_s", (double)(long)(waited * 100) / 100);
+    fig_num(res, "ksm_full_scans", full0 >= 0 && full1 >= 0 ? (double)(full1 - full0) : -1);
+    fig_num(res, "ksm_merging_pages", (double)ksm_stat_value("ksm_merging_pages"));
+    fig_text(res, "merged_detected_by", st.by_kpageflags ? "kpageflags KPF_KSM"
+                                                         : "pagemap: present, not exclusive");
+    fig_num(res, "pages_merged", (double)st.merged);
+    if (st.merged == 0) {
+        res_unsupported(res, "KSM merged nothing within %g s (ksm_merging_pages %ld, "
+                        "full_scans +%ld)", g_opts.ksm_wait, ksm_stat_value("ksm_merging_pages"),
+                        full0 >= 0 && full1 >= 0 ? full1 - full0 : -1);
+        goto out;
+    }
+    if (premerged) {
+        fig_num(res, "merged_uffd_wp_before_protect", (double)st.merged_uffd_wp);
+        if (!protect_or_fail(&s, res))
+            goto out;
+        pagemap_ksm(base_of(&s), s.r.len, flags, &st);  /* what the writes meet */
+    }
+    fig_num(res, "merged_uffd_wp_before_writes", (double)st.merged_uffd_wp);
+    fig_num(res, "unmerged_uffd_wp_before_writes", (double)(st.uffd_wp - st.merged_uffd_wp));
+    fig_num(res, "pages_merged_before_writes", (double)st.merged);
+    /* which PTEs kept the bit: KSM keeps one page per group (its PTE only
+     * write-protected) and replaces the others' PTEs */
+    size_t groups_one = 0, groups_none = 0;
+    for (size_t g = 0; g + KSM_GROUP <= s.r.nunits; g += KSM_GROUP) {
+        int merged_in = 0, wp_in = 0;
+        for (size_t u = g; u < g + KSM_GROUP; u++) {
+            merged_in += !!(flags[u] & PG_MERGED);
+            wp_in += (flags[u] & (PG_MERGED | PG_UFFD_WP)) == (PG_MERGED | PG_UFFD_WP);
+        }
+        if (merged_in == KSM_GROUP) {
+            groups_one += wp_in == 1;
+            groups_none += wp_in == 0;
+        }
+    }
+    fig_num(res, "merged_groups_one_uffd_wp", (double)groups_one);
+    fig_num(res, "merged_groups_no_uffd_wp", (double)groups_none);
+    if (!write_all(&s, res, g_opts.writers, false))
+        goto out;
+    stop_handler(&s);
+    size_t merged = 0, merged_lost = 0, other_lost = 0, first_lost = NO_CELL;
+    for (size_t u = 0; u < s.r.nunits; u++) {
+        bool copied = atomic_load(&s.r.state[u]) == 2;
+        if (flags[u] & PG_MERGED) {
+            merged++;
+            if (!copied) {
+                merged_lost++;
+                if (first_lost == NO_CELL)
+                    first_lost = u;
+            }
+        } else if (!copied) {
+            other_lost++;
+        }
+    }
+    fig_num(res, "merged_writes_without_fault", (double)merged_lost);
+    fig_num(res, "unmerged_writes_without_fault", (double)other_lost);
+    if (merged_lost)
+        res_fail(res, "%zu of %zu KSM-merged pages lost write protection: their writes reached "
+                 "memory without a fault (pagemap: %zu of %zu merged pages still uffd-wp before "
+                 "the writes; first at +0x%zx)", merged_lost, merged, st.merged_uffd_wp, merged,
+                 first_lost * CELL);
+    verify_region(&s.r, &(struct verify_opts){.skip_cell = NO_CELL, .old_group = KSM_GROUP},
+                  res);
+    handler_figures(&s.h, res);
+    latency_figures(&s.r, res, "fault");
+    res_note(res, "%s: KSM merged %zu of %zu pages (groups of %d) in %.1f s; %zu of them still "
+             "uffd-wp in pagemap; every write faulted, every copy the old content",
+             premerged ? "merged, then protected" : "protected, then merged", merged,
+             s.r.nunits, KSM_GROUP, waited, st.merged_uffd_wp);
+    if (st.merged_uffd_wp < merged)
+        res_note(res, "%zu merged pages without the uffd-wp bit in pagemap faulted anyway",
+                 merged - st.merged_uffd_wp);
+out:
+    free(flags);
+    teardown(&s);
+}
+
 const struct case_def g_cases[] = {
     {"wp-basic", case_basic, MT_ALL, 0, 0},
     {"fault-latency", case_basic, MT_BIT(MT_ANON), 0, 1},
@@ -514,5 +681,9 @@ const struct case_def g_cases[] = {
     {"wp-mremap", case_mremap, MT_BIT(MT_ANON) | MT_BIT(MT_ANON_THP), 0, 0},
     {"wp-mremap-event", case_mremap, MT_BIT(MT_ANON) | MT_BIT(MT_ANON_THP),
      UC_FEATURE_EVENT_REMAP, 1},
+    /* last: ksmd, started by the Python side for the whole run, has pages to
+     * scan only from here on */
+    {"wp-ksm", case_ksm, MT_BIT(MT_ANON), 0, 0},
+    {"wp-ksm-premerged", case_ksm, MT_BIT(MT_ANON), 0, 1},
 };
 const size_t g_ncases = sizeof g_cases / sizeof g_cases[0];

@@ -4,6 +4,7 @@
  *   bgsnap-uffd-check [--no-protect] [--case NAME[,NAME..]] [--memory TYPE[,..]]
  *                     [--mib N] [--hugetlb-mib N] [--writers N]
  *                     [--skip-hugetlb REASON] [--case-timeout S]
+ *                     [--ksm-wait S] [--ksm-pages N] [--skip-ksm REASON]
  *
  * Exit: 0 no case failed, 1 a case failed, 2 usage, 3 watchdog.
  */
@@ -20,7 +21,8 @@
 #include <time.h>
 #include <unistd.h>
 
-struct options g_opts = {.writers = 2, .mib = 16, .hugetlb_mib = 8};
+struct options g_opts = {.writers = 2, .mib = 16, .hugetlb_mib = 8, .ksm_wait = 20,
+                         .ksm_pages = 2048};
 uint64_t g_features;
 
 static const char *const result_names[] = {"pass", "FAIL", "unsupported"};
@@ -256,7 +258,7 @@ static void usage(void)
 {
     fprintf(stderr, "usage: bgsnap-uffd-check [--no-protect] [--case NAME,..] [--memory TYPE,..] "
             "[--mib N] [--hugetlb-mib N] [--writers N] [--skip-hugetlb REASON] "
-            "[--case-timeout S]\n");
+            "[--case-timeout S] [--ksm-wait S] [--ksm-pages N] [--skip-ksm REASON]\n");
     exit(2);
 }
 
@@ -286,10 +288,17 @@ int main(int argc, char **argv)
             g_opts.hugetlb_skip = v;
         else if (!strcmp(a, "--case-timeout"))
             wd_timeout = atof(v);
+        else if (!strcmp(a, "--ksm-wait"))
+            g_opts.ksm_wait = atof(v);
+        else if (!strcmp(a, "--ksm-pages"))
+            g_opts.ksm_pages = strtoul(v, NULL, 10) & ~7ul;
+        else if (!strcmp(a, "--skip-ksm"))
+            g_opts.ksm_skip = v;
         else
             usage();
     }
-    if (g_opts.mib < 4 || g_opts.hugetlb_mib < 2 || g_opts.writers < 1 || wd_timeout <= 0)
+    if (g_opts.mib < 4 || g_opts.hugetlb_mib < 2 || g_opts.writers < 1 || wd_timeout <= 0 ||
+        g_opts.ksm_wait < 0 || g_opts.ksm_pages < 8)
         usage();
 
     pthread_condattr_t ca;
@@ -330,6 +339,12 @@ int main(int argc, char **argv)
     printf(", \"hugetlb_skip\": ");
     if (g_opts.hugetlb_skip)
         json_str(stdout, g_opts.hugetlb_skip);
+    else
+        fputs("null", stdout);
+    printf(", \"ksm_run\": %ld, \"ksm_skip\": ",
+           sysfs_long("/sys/kernel/mm/ksm/run"));
+    if (g_opts.ksm_skip)
+        json_str(stdout, g_opts.ksm_skip);
     else
         fputs("null", stdout);
     printf(",\n \"cases\": [");

@@ -14,7 +14,11 @@
 #define PM_PRESENT (1ULL << 63)
 #define PM_SWAP (1ULL << 62)
 #define PM_FILE (1ULL << 61)
+#define PM_EXCLUSIVE (1ULL << 56)
 #define PM_UFFD_WP (1ULL << 57)
+#define PM_PFN_MASK ((1ULL << 55) - 1)
+/* Documentation/admin-guide/mm/pagemap.rst, /proc/kpageflags */
+#define KPF_KSM (1ULL << 21)
 
 int pagemap_stat(uintptr_t addr, size_t len, struct pmstat *s)
 {
@@ -42,6 +46,82 @@ int pagemap_stat(uintptr_t addr, size_t len, struct pmstat *s)
     s->pages = done;
     close(fd);
     return done == pages ? 0 : -1;
+}
+
+int pagemap_ksm(uintptr_t addr, size_t len, unsigned char *flags, struct ksmstat *s)
+{
+    memset(s, 0, sizeof *s);
+    int fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    int kfd = open("/proc/kpageflags", O_RDONLY | O_CLOEXEC);  /* root only */
+    uint64_t buf[512];
+    size_t pages = len / CELL, done = 0;
+    while (done < pages) {
+        size_t n = pages - done < 512 ? pages - done : 512;
+        off_t off = (off_t)((addr / CELL + done) * sizeof(uint64_t));
+        ssize_t got = pread(fd, buf, n * sizeof(uint64_t), off);
+        if (got <= 0)
+            break;
+        n = (size_t)got / sizeof(uint64_t);
+        for (size_t i = 0; i < n; i++) {
+            uint64_t e = buf[i], pfn = e & PM_PFN_MASK, kf = 0;
+            unsigned char f = 0;
+            if (e & PM_PRESENT) {
+                f |= PG_PRESENT;
+                if (kfd >= 0 && pfn &&
+                    pread(kfd, &kf, sizeof kf, (off_t)(pfn * sizeof kf)) == sizeof kf) {
+                    s->by_kpageflags = true;
+                    if (kf & KPF_KSM)
+                        f |= PG_MERGED;
+                } else if (!(e & PM_EXCLUSIVE)) {
+                    f |= PG_MERGED;
+                }
+            }
+            if (e & PM_UFFD_WP)
+                f |= PG_UFFD_WP;
+            s->present += !!(f & PG_PRESENT);
+            s->uffd_wp += !!(f & PG_UFFD_WP);
+            s->merged += !!(f & PG_MERGED);
+            s->merged_uffd_wp += (f & (PG_MERGED | PG_UFFD_WP)) == (PG_MERGED | PG_UFFD_WP);
+            if (flags)
+                flags[done + i] = f;
+        }
+        done += n;
+    }
+    if (kfd >= 0)
+        close(kfd);
+    close(fd);
+    return done == pages ? 0 : -1;
+}
+
+long ksm_stat_value(const char *key)
+{
+    FILE *f = fopen("/proc/self/ksm_stat", "re");
+    if (!f)
+        return -1;
+    char line[256];
+    long v = -1;
+    size_t k = strlen(key);
+    while (fgets(line, sizeof line, f))
+        if (!strncmp(line, key, k) && line[k] == ' ') {
+            v = strtol(line + k + 1, NULL, 10);
+            break;
+        }
+    fclose(f);
+    return v;
+}
+
+long sysfs_long(const char *path)
+{
+    FILE *f = fopen(path, "re");
+    if (!f)
+        return -1;
+    long v = -1;
+    if (fscanf(f, "%ld", &v) != 1)
+        v = -1;
+    fclose(f);
+    return v;
 }
 
 static long field_kib(const char *line, const char *key)

@@ -262,9 +262,11 @@ int run_writers(struct region *r, int nwriters, protect_fn protect, void *ctx,
 /* -- verdict ------------------------------------------------------------ */
 enum { BAD_NONE, BAD_ZERO, BAD_POST, BAD_CHILD, BAD_OTHER };
 
-static int check_old(const char *p, size_t cell, bool old_is_zero)
+static int check_old(const char *p, size_t cell, bool old_is_zero, size_t group)
 {
     const uint64_t *w = (const uint64_t *)p;
+    if (group > 1)
+        cell -= cell % group;
     for (size_t i = 0; i < WORDS_PER_CELL; i++) {
         uint64_t v = w[i];
         unsigned tag = (unsigned)(v >> 56);
@@ -303,7 +305,7 @@ void verify_region(struct region *r, const struct verify_opts *vo, struct result
             if (c == vo->skip_cell)
                 continue;
             if (copied) {
-                int k = check_old(r->copy + c * CELL, c, vo->old_is_zero);
+                int k = check_old(r->copy + c * CELL, c, vo->old_is_zero, vo->old_group);
                 bad[k]++;
                 if (k != BAD_NONE && first_bad == NO_CELL)
                     first_bad = c;
@@ -347,7 +349,7 @@ void verify_file_view(struct region *r, struct result *res)
         return;
     size_t bad = 0;
     for (size_t c = 0; c < r->ncells; c++)
-        if (check_old(r->file_view + c * CELL, c, false) != BAD_NONE)
+        if (check_old(r->file_view + c * CELL, c, false, 1) != BAD_NONE)
             bad++;
     if (bad)
         res_fail(res, "%zu cells of the memfd changed through its MAP_PRIVATE mapping", bad);
