@@ -120,7 +120,7 @@ class SnapshotCycle:
     def take_snapshot(self) -> snapshot.SnapshotResult:
         """Take the snapshot in the configured mode; the image is restored later."""
         qmp = SnapshotQMP(self.vm.monitor, self.log)
-        ctx = SaveContext(self.vm, qmp, self.log)
+        ctx = SaveContext(self.vm, qmp, self.log, self.workload)
         self.during.before_trigger(ctx)
         self.steps_before = self.workload.committed()
         self.workload.mark(WINDOW_DURING)

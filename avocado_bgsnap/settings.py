@@ -131,7 +131,7 @@ def _memory(params) -> tuple[MemoryConfig, MemoryConfig | None, tuple]:
     return memory, restore_memory, restore
 
 
-def _during(params, mode: str, mem: int, memory: MemoryConfig):
+def _during(params, mode: str, mem: int, memory: MemoryConfig, dup_mib: int = 0):
     names = params.get("bgsnap_during", "").split()
     for name in names:
         if name not in DURING_ACTIONS:
@@ -163,7 +163,7 @@ def _during(params, mode: str, mem: int, memory: MemoryConfig):
             f"virtio_mem-{devs[0].name}", mem, devs[0].size_mib, sizes,
             step_wait_s=params.get_numeric("bgsnap_virtio_mem_step_wait", 3, float),
             settle_timeout_s=params.get_numeric("bgsnap_virtio_mem_settle_timeout", 90, float))
-    return balloon, vmem, _host_mm(params, names, mem, timeout)
+    return balloon, vmem, _host_mm(params, names, mem, timeout, dup_mib)
 
 
 def _positive(params, key: str, default, kind=int, minimum=1):
@@ -173,7 +173,8 @@ def _positive(params, key: str, default, kind=int, minimum=1):
     return value
 
 
-def _host_mm(params, names, mem: int, timeout: float) -> mm_actions.HostMMSettings | None:
+def _host_mm(params, names, mem: int, timeout: float, dup_mib: int = 0
+             ) -> mm_actions.HostMMSettings | None:
     """The host memory-management actions (during/host_mm.py) and their knobs."""
     if not set(names) & set(mm_actions.HOST_MM_ACTIONS):
         return None
@@ -195,8 +196,16 @@ def _host_mm(params, names, mem: int, timeout: float) -> mm_actions.HostMMSettin
         collapse = mm_actions.ThpCollapseSettings(
             mem, loop_s, _positive(params, "bgsnap_thp_collapse_interval", 0.5, float, 0.01))
     if "ksm" in names:
+        dupwrite = params.get_boolean("bgsnap_ksm_dupwrite", False)
+        if dupwrite and not dup_mib:
+            raise SettingsError("bgsnap_ksm_dupwrite = yes writes the workload's duplicate "
+                                "region: needs bgsnap_dup_mib > 0")
+        merged_pct = _positive(params, "bgsnap_ksm_dup_merged_pct", 50, int, 1)
+        if merged_pct > 100:
+            raise SettingsError(f"bgsnap_ksm_dup_merged_pct = {merged_pct}: expected 1..100")
         ksm = mm_actions.KsmSettings(mem, _positive(params, "bgsnap_ksm_pages_to_scan", 10000),
-                                  _positive(params, "bgsnap_ksm_sleep_ms", 10, int, 0), loop_s)
+                                  _positive(params, "bgsnap_ksm_sleep_ms", 10, int, 0), loop_s,
+                                  dupwrite=dupwrite, dup_merged_pct=merged_pct)
     if "numa_migrate" in names:
         nodes = params.get("bgsnap_numa_nodes", "0 1").split()
         if len(nodes) != 2 or not all(n.isdigit() for n in nodes) or nodes[0] == nodes[1]:
@@ -213,6 +222,12 @@ def from_params(params) -> BgsnapSettings:
         wl_mib = int(params.get_numeric("bgsnap_workload_mib", mem * 3 // 4))
         if wl_mib >= mem:
             raise SettingsError(f"bgsnap_workload_mib = {wl_mib} must be below mem = {mem}")
+        dup_mib = int(params.get_numeric("bgsnap_dup_mib", 0))
+        if dup_mib < 0:
+            raise SettingsError(f"bgsnap_dup_mib = {dup_mib}: expected >= 0 (0 = none)")
+        if dup_mib and wl_mib + dup_mib >= mem:
+            raise SettingsError(f"bgsnap_workload_mib + bgsnap_dup_mib = {wl_mib} + {dup_mib} "
+                                f"must be below mem = {mem}")
         seed = int(params.get_numeric("bgsnap_seed", 1))
         workload = WorkloadSpec(
             mib=wl_mib,
@@ -223,6 +238,7 @@ def from_params(params) -> BgsnapSettings:
             hot_pct=int(params.get_numeric("bgsnap_hot_pct", 10)),
             rate_mib_s=int(params.get_numeric("bgsnap_rate_mib_s", 0)),
             latency=params.get_boolean("bgsnap_latency", True),
+            dup_mib=dup_mib,
         )
         snapshot_dir = params.get("bgsnap_snapshot_dir") or None
         negative = _choice(params, "bgsnap_negative_control", "none", NEGATIVE_CONTROLS)
@@ -231,7 +247,7 @@ def from_params(params) -> BgsnapSettings:
         if mode == "snapshot_save":
             _check_internal(transport, negative)
         memory, restore_memory, restore = _memory(params)
-        balloon, vmem, host_mm_cfg = _during(params, mode, mem, memory)
+        balloon, vmem, host_mm_cfg = _during(params, mode, mem, memory, dup_mib)
         bandwidth = int(params.get_numeric("bgsnap_max_bandwidth_mib_s", 0))
         if bandwidth < 0:
             raise SettingsError(f"bgsnap_max_bandwidth_mib_s = {bandwidth}: expected >= 0 "

@@ -21,7 +21,7 @@ REPLY_PREFIX = "#WL#"
 DEFAULT_BINARY = "bgsnap-wl"
 DEFAULT_SOCKET = "/run/bgsnap-wl.sock"
 PATTERNS = ("random", "sequential", "hot", "mixed")
-CTL_COMMANDS = ("status", "mark", "freeze", "thaw", "verify", "quit")
+CTL_COMMANDS = ("status", "mark", "freeze", "thaw", "verify", "dupwrite", "quit")
 MARK_WINDOWS = {"before": 0, "during": 1, "after": 2}
 MAX_WRITERS = 64
 MAX_MIB = 1 << 20
@@ -31,6 +31,26 @@ BAD_KINDS = ("wrong_version", "later_step", "earlier_step", "torn_noninflight",
 INFLIGHT_STATES = ("old", "new", "torn", "bad")
 _U64_MAX = (1 << 64) - 1
 _TAIL_CHARS = 600
+
+
+_GOLDEN = 0x9E3779B97F4A7C15
+K_DUP = 0x216E676572707564      # "dupregn!" (wl_core.h WL_K_DUP)
+
+
+def _mix(x: int) -> int:
+    """splitmix64 output for state x (docs/workload.md, Mixer)."""
+    z = (x + _GOLDEN) & _U64_MAX
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _U64_MAX
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _U64_MAX
+    return z ^ (z >> 31)
+
+
+def dup_page(seed: int, nonce: int, k: int) -> bytes:
+    """The 4 KiB content D_k of every duplicate-region page (k = 0 at the
+    start, 1 after ``dupwrite``): word i = h3(seed ^ K_DUP, nonce, k) ^ i*G."""
+    base = _mix(_mix(_mix(seed ^ K_DUP) ^ nonce) ^ k)
+    return b"".join((base ^ (i * _GOLDEN & _U64_MAX)).to_bytes(8, "little")
+                    for i in range(PAGE_SIZE // 8))
 
 
 class WorkloadProtocolError(Exception):
@@ -60,6 +80,9 @@ class WorkloadSpec:
     hot_pct: int = 10
     rate_mib_s: int = 0
     latency: bool = True
+    # the duplicate region: dup_mib MiB of identical pages (D0, after
+    # ``dupwrite`` D1), beside the verified region, not locked (0 = none)
+    dup_mib: int = 0
 
     def __post_init__(self) -> None:
         _check_int("mib", self.mib, 1, MAX_MIB)
@@ -75,10 +98,15 @@ class WorkloadSpec:
                              f"got {self.rate_mib_s!r}")
         if not isinstance(self.latency, bool):
             raise ValueError(f"latency must be True or False, got {self.latency!r}")
+        _check_int("dup_mib", self.dup_mib, 0, MAX_MIB)
 
     @property
     def npages(self) -> int:
         return self.mib * (1024 * 1024 // PAGE_SIZE)
+
+    @property
+    def dup_pages(self) -> int:
+        return self.dup_mib * (1024 * 1024 // PAGE_SIZE)
 
     def run_argv(self, binary: str = DEFAULT_BINARY, socket: str | None = None) -> list[str]:
         """argv of ``bgsnap-wl run`` for this spec."""
@@ -89,6 +117,8 @@ class WorkloadSpec:
             argv += ["--rate", str(self.rate_mib_s)]
         if not self.latency:
             argv.append("--no-latency")
+        if self.dup_mib:
+            argv += ["--dup-mib", str(self.dup_mib)]
         if socket is not None:
             argv += ["--socket", socket]
         return argv
@@ -112,7 +142,8 @@ class WorkloadSpec:
         return [binary, "verify-dump", "--dump", str(dump), "--seed", str(self.seed),
                 "--nonce", str(self.nonce), "--mib", str(self.mib),
                 "--writers", str(self.writers), "--pattern", self.pattern,
-                "--hot-pct", str(self.hot_pct)]
+                "--hot-pct", str(self.hot_pct)] + (
+                    ["--dup-mib", str(self.dup_mib)] if self.dup_mib else [])
 
 
 def ctl_command(cmd: str, arg: int | str | None = None, binary: str = DEFAULT_BINARY,
@@ -215,6 +246,14 @@ class VerifyResult:
     expected_checksum_next: str
     verify_seconds: float
     mib_per_s: float
+    # verify-dump with a duplicate region (--dup-mib): frames equal to D0 /
+    # D1, frames that are neither but begin like one (torn), and the dup
+    # pages that are not D0 (D1 + torn + missing): each is a defect
+    dup_pages: int = 0
+    dup_d0: int = 0
+    dup_d1: int = 0
+    dup_mixed: int = 0
+    dup_bad_pages: int = 0
     raw: dict = field(default_factory=dict, compare=False, hash=False, repr=False)
 
     @classmethod
@@ -225,9 +264,12 @@ class VerifyResult:
         try:
             clean = _need(reply, "clean")
             bad_pages = int(_need(reply, "bad_pages"))
-            if not isinstance(clean, bool) or clean != (bad_pages == 0):
+            dup = reply.get("dup") or {}
+            dup_bad = int(reply.get("dup_bad_pages", 0))
+            if not isinstance(clean, bool) or clean != (bad_pages == 0 and dup_bad == 0):
                 raise WorkloadProtocolError(
-                    f"inconsistent verdict: clean={clean!r} with bad_pages={bad_pages}")
+                    f"inconsistent verdict: clean={clean!r} with bad_pages={bad_pages}, "
+                    f"dup_bad_pages={dup_bad}")
             return cls(
                 clean=clean,
                 committed=tuple(int(c) for c in _need(reply, "committed")),
@@ -247,6 +289,11 @@ class VerifyResult:
                 expected_checksum_next=str(_need(reply, "expected_checksum_next")),
                 verify_seconds=float(_need(reply, "verify_seconds")),
                 mib_per_s=float(_need(reply, "mib_per_s")),
+                dup_pages=int(dup.get("pages", 0)),
+                dup_d0=int(dup.get("d0", 0)),
+                dup_d1=int(dup.get("d1", 0)),
+                dup_mixed=int(dup.get("mixed", 0)),
+                dup_bad_pages=dup_bad,
                 raw=dict(reply),
             )
         except (KeyError, TypeError, ValueError) as exc:
@@ -281,9 +328,40 @@ class VerifyResult:
                 f"{self.steps_total} steps, in-flight: {inflight}, "
                 f"checksum {self.checksum} ({self.checksum_state}), "
                 f"{self.verify_seconds:.2f} s at {self.mib_per_s:.0f} MiB/s")
+        if self.dup_pages:
+            head += f", {self.dup_summary()}"
         if self.clean:
             return "CLEAN: " + head
-        kinds = ", ".join(f"{n} {k}" for k, n in self.kinds)
-        first = "; ".join(f"page {b.page} {b.kind} (found step {b.found_step}, "
-                          f"expected {b.expected_step})" for b in self.bad_first[:3])
-        return f"BAD: {self.bad_pages} bad page(s) [{kinds}]; first: {first}; " + head
+        bad = []
+        if self.bad_pages:
+            kinds = ", ".join(f"{n} {k}" for k, n in self.kinds)
+            first = "; ".join(f"page {b.page} {b.kind} (found step {b.found_step}, "
+                              f"expected {b.expected_step})" for b in self.bad_first[:3])
+            bad.append(f"{self.bad_pages} bad page(s) [{kinds}]; first: {first}")
+        if self.dup_bad_pages:
+            bad.append(self.dup_defect())
+        return "BAD: " + "; ".join(bad) + "; " + head
+
+    def dup_summary(self) -> str:
+        """``dup: 8192 D0, 0 D1`` (+ torn/missing when there are any)."""
+        text = f"dup: {self.dup_d0} D0, {self.dup_d1} D1"
+        missing = max(0, self.dup_pages - self.dup_d0)
+        if self.dup_mixed:
+            text += f", {self.dup_mixed} torn"
+        if missing and (self.dup_d1 + self.dup_mixed) < missing:
+            text += f", {missing} of {self.dup_pages} not D0"
+        return text
+
+    def dup_defect(self) -> str:
+        """What the duplicate region's bad pages mean (an image of the
+        snapshot instant holds D0 in every dup page)."""
+        parts = []
+        if self.dup_d1:
+            parts.append(f"{self.dup_d1} duplicate-region pages newer than the snapshot "
+                         f"instant: write protection lost")
+        if self.dup_mixed:
+            parts.append(f"{self.dup_mixed} duplicate-region pages torn between D0 and D1")
+        missing = max(0, self.dup_pages - self.dup_d0) - self.dup_d1 - self.dup_mixed
+        if missing > 0:
+            parts.append(f"{missing} duplicate-region pages missing (neither D0 nor D1)")
+        return "; ".join(parts) or f"{self.dup_bad_pages} bad duplicate-region pages"

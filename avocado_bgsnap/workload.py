@@ -81,6 +81,11 @@ class GuestWorkload:
     def thaw(self) -> None:
         self._ctl("thaw")
 
+    def dupwrite(self, timeout: float | None = None) -> dict:
+        """Overwrite every page of the duplicate region with D1 (the run
+        needs ``dup_mib``); the reply: ``pages`` written, ``seconds``."""
+        return self._ctl("dupwrite", timeout=timeout)
+
     def verify(self, timeout: float) -> VerifyResult:
         """Verify the frozen live region (the guest checks itself)."""
         return VerifyResult.from_reply(self._ctl("verify", timeout=timeout))

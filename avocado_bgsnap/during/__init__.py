@@ -32,10 +32,13 @@ class DuringSaveMissed(Exception):
 
 @dataclass
 class SaveContext:
-    """What an action may use: the source VM, its QMP, the log."""
+    """What an action may use: the source VM, its QMP, the log, and the
+    guest workload (a :class:`~avocado_bgsnap.workload.GuestWorkload`, when
+    the cycle has one)."""
     vm: object
     qmp: SnapshotQMP
     log: Callable[[str], None]
+    workload: object = None
 
     def migration_status(self) -> str:
         try:

@@ -94,6 +94,11 @@ class KsmSettings:
     pages_to_scan: int       # ksmd's knobs while the save streams
     sleep_millisecs: int
     timeout_s: float         # ksmd runs at most this long during the save
+    # bgsnap_ksm_dupwrite: once this % of the workload's duplicate region is
+    # KSM-merged, the guest overwrites the region (ctl dupwrite) while the
+    # save still streams (docs/host-mm.md, hostmm.ksm_dup)
+    dupwrite: bool = False
+    dup_merged_pct: int = 50
 
 
 @dataclass(frozen=True)
@@ -322,6 +327,41 @@ def ksm_flagged(entries: Sequence[int]) -> list[bool]:
     return flagged
 
 
+def find_pages(pid: int, ranges: Sequence[tuple[int, int]], content: bytes,
+               chunk: int = 4 * MIB) -> list[int]:
+    """The page-aligned addresses of ``ranges`` in process ``pid`` whose 4 KiB
+    hold exactly ``content`` (read from /proc/PID/mem: reading changes no
+    protection and takes no fault of the owner)."""
+    found = []
+    with open(_root / "proc" / str(pid) / "mem", "rb", buffering=0) as handle:
+        for start, end in ranges:
+            for base in range(start, end, chunk):
+                handle.seek(base)
+                data = handle.read(min(chunk, end - base))
+                pos = data.find(content)
+                while pos >= 0:
+                    if pos % PAGE == 0:
+                        found.append(base + pos)
+                    pos = data.find(content, pos + 1)
+    return found
+
+
+def dup_counts(entries: Sequence[int], merged: Sequence[bool]) -> dict[str, int]:
+    """The duplicate region's pages by state: KSM-merged with and without
+    the uffd-wp bit, protected and not merged, and neither (saved by QEMU
+    and un-protected, or never protected)."""
+    counts = {"pages": len(entries), "merged": 0, "merged_uffd_wp": 0,
+              "merged_no_uffd_wp": 0, "uffd_wp": 0, "unprotected": 0}
+    for e, m in zip(entries, merged):
+        wp = bool(e & PM_UFFD_WP)
+        counts["merged"] += m
+        counts["merged_uffd_wp"] += m and wp
+        counts["merged_no_uffd_wp"] += m and not wp
+        counts["uffd_wp"] += wp
+        counts["unprotected"] += not m and not wp
+    return counts
+
+
 def vmstat() -> dict[str, int]:
     return parse_vmstat(_read_text(_root / "proc/vmstat"))
 
@@ -506,35 +546,118 @@ class ThpCollapse(_GuestRamAction):
 
 
 class KsmMerge(_GuestRamAction):
-    """ksmd runs fast until the save ends; what it merged of the guest RAM."""
+    """ksmd runs fast until the save ends; what it merged of the guest RAM.
+
+    With ``dupwrite`` (hostmm.ksm_dup): before the trigger the workload's
+    duplicate region is located in QEMU's guest RAM (every page D0, found in
+    /proc/PID/mem); while the save streams, once ``dup_merged_pct`` % of
+    those pages are KSM pages, the guest overwrites the region with D1
+    (``ctl dupwrite``).  A merged page that lost its uffd-wp bit is then
+    written without a WP fault, and the image holds D1 there: the exact
+    verifier counts D1 frames in the restored image."""
 
     name = "ksm"
+    SAMPLE_S = 0.5
+    DUP_SAMPLE_S = 0.2      # while waiting for the dup region to merge
 
     def __init__(self, cfg: KsmSettings, control: host_ksm.KsmControl):
         super().__init__(cfg)
         self.control = control
+        self.dup_addrs: list[int] = []
+        self.dup_found: dict = {}
+
+    def before_trigger(self, ctx: SaveContext) -> None:
+        super().before_trigger(ctx)
+        if not self.cfg.dupwrite or not self.ranges:
+            return
+        spec = getattr(ctx.workload, "spec", None)
+        if spec is None or not getattr(spec, "dup_mib", 0):
+            self.dup_found = {"error": "dupwrite needs the workload's duplicate region "
+                                       "(bgsnap_dup_mib) and the workload in the save context"}
+            return
+        from ..wlproto import dup_page
+        t0 = time.monotonic()
+        self.dup_addrs = find_pages(self.pid, self.ranges, dup_page(spec.seed, spec.nonce, 0))
+        entries = self._dup_pagemap()
+        offsets = [a - self.ranges[0][0] for a in self.dup_addrs]
+        self.dup_found = {"dup_pages": spec.dup_pages, "found_d0": len(self.dup_addrs),
+                          "scan_s": round(time.monotonic() - t0, 3),
+                          "ram_offset_min": min(offsets, default=None),
+                          "ram_offset_max": max(offsets, default=None),
+                          "before_trigger": dup_counts(entries, ksm_flagged(entries))}
+        ctx.log(f"ksm: duplicate region: {len(self.dup_addrs)} of {spec.dup_pages} D0 pages "
+                f"found in QEMU's guest RAM in {self.dup_found['scan_s']} s")
+
+    def _dup_pagemap(self) -> list[int]:
+        return pagemap(self.pid, [(a, a + PAGE) for a in self.dup_addrs])
+
+    def _dup_state(self) -> dict:
+        entries = self._dup_pagemap()
+        return dup_counts(entries, ksm_flagged(entries))
+
+    def _dupwrite(self, ctx: SaveContext, started: float, trigger: dict) -> dict:
+        """The guest overwrites its duplicate region now; what it met."""
+        t = round(time.monotonic() - started, 2)
+        status, remaining = ctx.migration_status(), _ram_remaining(ctx)
+        before = self._dup_state()
+        t0 = time.monotonic()
+        try:
+            reply = ctx.workload.dupwrite(timeout=60)
+            result = {"pages_written": reply.get("pages"), "guest_seconds": reply.get("seconds")}
+        except Exception as exc:  # noqa: BLE001 - recorded, judged by nothing_happened
+            result = {"error": f"ctl dupwrite: {exc}"}
+        took = round(time.monotonic() - t0, 3)
+        done = {"t": t, "trigger": trigger, "save_before": status,
+                "ram_remaining_before": remaining, "dup_before": before, **result,
+                "took_s": took, "save_after": ctx.migration_status(),
+                "ram_remaining_after": _ram_remaining(ctx), "dup_after": self._dup_state()}
+        ctx.log(f"ksm: dupwrite at {t}s (save {status}, {remaining} bytes left): "
+                f"dup before {before}; {result}; took {took}s")
+        return done
 
     def act(self, ctx: SaveContext) -> dict:
         if not self.ranges:
             return self._no_ram()
         k0, before = host_ksm.counters(), pagemap(self.pid, self.ranges)
+        merging0 = host_ksm.process_ksm(self.pid).get("ksm_merging_pages") or 0
+        want_dup = self.cfg.dupwrite and "error" not in self.dup_found
+        dup_pages = self.dup_found.get("dup_pages", 0)
+        need = max(1, (len(self.dup_addrs) or dup_pages) * self.cfg.dup_merged_pct // 100)
+        dup_at_start = self._dup_state() if self.dup_addrs else None
+        dupwrite: dict | None = None
         self.control.start(self.cfg.pages_to_scan, self.cfg.sleep_millisecs)
-        started, samples = time.monotonic(), []
+        started, samples, last_sample = time.monotonic(), [], 0.0
         try:
             while time.monotonic() - started < self.cfg.timeout_s:
-                time.sleep(0.5)
+                waiting = want_dup and dupwrite is None
+                time.sleep(self.DUP_SAMPLE_S if waiting else self.SAMPLE_S)
                 merging = host_ksm.process_ksm(self.pid).get("ksm_merging_pages")
-                now = pagemap(self.pid, self.ranges)
-                merged_now = ksm_flagged(now)
                 status = ctx.migration_status()
-                # while the save streams: are merged pages still write-protected?
-                samples.append({"t": round(time.monotonic() - started, 1), "save": status,
-                                "merging": merging, "merged": sum(merged_now),
-                                "merged_uffd_wp": sum(m and bool(e & PM_UFFD_WP)
-                                                      for m, e in zip(merged_now, now)),
-                                "uffd_wp": sum(bool(e & PM_UFFD_WP) for e in now)})
+                dup_now = self._dup_state() if waiting and self.dup_addrs else None
+                if time.monotonic() - last_sample >= self.SAMPLE_S - 0.05 or \
+                        status not in STREAMING:
+                    last_sample = time.monotonic()
+                    now = pagemap(self.pid, self.ranges)
+                    merged_now = ksm_flagged(now)
+                    # while the save streams: are merged pages still write-protected?
+                    sample = {"t": round(time.monotonic() - started, 1), "save": status,
+                              "merging": merging, "merged": sum(merged_now),
+                              "merged_uffd_wp": sum(m and bool(e & PM_UFFD_WP)
+                                                    for m, e in zip(merged_now, now)),
+                              "uffd_wp": sum(bool(e & PM_UFFD_WP) for e in now)}
+                    if dup_now is not None:
+                        sample["dup"] = dup_now
+                    samples.append(sample)
                 if status not in STREAMING:
                     break
+                if waiting:
+                    # the dup region merged? (its pages, else QEMU's merging count)
+                    got = dup_now["merged"] if dup_now is not None else (merging or 0) - merging0
+                    if got >= need:
+                        dupwrite = self._dupwrite(ctx, started, {
+                            "merged": got, "needed": need,
+                            "measure": "dup pages KSM-merged" if dup_now is not None
+                            else "ksm_merging_pages growth", "merging": merging})
             after = pagemap(self.pid, self.ranges)
         finally:
             self.control.stop()
@@ -542,14 +665,20 @@ class KsmMerge(_GuestRamAction):
         merged = ksm_flagged(after)
         wp_before = [bool(e & PM_UFFD_WP) for e in before]
         wp_after = [bool(e & PM_UFFD_WP) for e in after]
-        return {**self._where(), "ran_s": round(time.monotonic() - started, 1),
+        done = {**self._where(), "ran_s": round(time.monotonic() - started, 1),
                 "ksm": {k: (k1[k] or 0) - (k0[k] or 0) for k in k1},
-                "qemu_ksm": host_ksm.process_ksm(self.pid), "merging_samples": samples,
+                "qemu_ksm": host_ksm.process_ksm(self.pid), "merging_before": merging0,
+                "merging_samples": samples,
                 "vmflags": self._smaps()["vmflags"],
                 "merged_guest_pages": sum(merged),
                 "merged_uffd_wp": sum(m and w for m, w in zip(merged, wp_after)),
                 "merged_was_uffd_wp": sum(m and w for m, w in zip(merged, wp_before)),
                 "pages_before": page_counts(before), "pages_after": page_counts(after)}
+        if self.cfg.dupwrite:
+            done["dup_region"] = {**self.dup_found, "at_resume": dup_at_start,
+                                  "merged_needed": need, "dupwrite": dupwrite,
+                                  "at_end": self._dup_state() if self.dup_addrs else None}
+        return done
 
     def settle(self, ctx: SaveContext) -> dict:
         return {"qemu_ksm": host_ksm.process_ksm(self.pid)} if self.ranges else {}
@@ -557,6 +686,30 @@ class KsmMerge(_GuestRamAction):
     def nothing_happened(self, record: dict) -> str | None:
         if "error" in record:
             return record["error"]
+        if self.cfg.dupwrite:
+            dup = record.get("dup_region") or {}
+            if "error" in dup:
+                return dup["error"]
+            write = dup.get("dupwrite")
+            if write is None:
+                last = next((x for x in reversed(record["merging_samples"]) if "dup" in x), {})
+                return (f"the duplicate region was not merged enough (needed "
+                        f"{dup.get('merged_needed')} KSM pages of {dup.get('found_d0')} found) "
+                        f"before the save ended after {record['ran_s']}s: dupwrite did not run "
+                        f"(last dup sample: {last.get('dup')}; QEMU merging "
+                        f"{record['merging_before']} -> {record['qemu_ksm']})")
+            if "error" in write:
+                return write["error"]
+            if write["save_before"] not in STREAMING:
+                return f"dupwrite ran when the save was already '{write['save_before']}'"
+            left, dup_bytes = write.get("ram_remaining_before"), dup.get("dup_pages", 0) * PAGE
+            if write["dup_before"]["uffd_wp"] == 0 and left is not None and left < dup_bytes:
+                # no dup page protected any more and less than the dup region
+                # left to save: the save had (very likely) passed the region
+                return (f"dupwrite came too late: no duplicate-region page was still "
+                        f"write-protected and only {left} bytes were left to save at "
+                        f"{write['t']}s (dup region {dup_bytes} bytes): its pages were "
+                        f"probably saved already")
         top = max((x["merging"] or 0 for x in record["merging_samples"]
                    if x["save"] in STREAMING), default=0)
         if top == 0 and record["merged_guest_pages"] == 0:
@@ -564,6 +717,13 @@ class KsmMerge(_GuestRamAction):
                     f"(host-wide: full_scans +{record['ksm'].get('full_scans')}, "
                     f"pages_sharing +{record['ksm'].get('pages_sharing')}; QEMU's "
                     f"ksm_stat {record['qemu_ksm']}; VmFlags {' '.join(record['vmflags'])})")
+        return None
+
+
+def _ram_remaining(ctx: SaveContext) -> int | None:
+    try:
+        return ctx.qmp.query_migrate().get("ram", {}).get("remaining")
+    except Exception:  # noqa: BLE001 - a figure for the record only
         return None
 
 

@@ -331,3 +331,154 @@ def test_host_mm_without_root_is_a_cancel_naming_what_is_missing(monkeypatch):
             pass
     with host_mm.prepared(None) as nothing:
         assert nothing.actions == []
+
+
+# -- the KSM action's duplicate-region write (hostmm.ksm_dup) -------------------
+
+def test_dup_settings_fit_below_mem_and_need_a_dup_region():
+    cfg = settings.from_params(params(bgsnap_during="ksm", bgsnap_dup_mib=32,
+                                      bgsnap_ksm_dupwrite="yes"))
+    assert cfg.workload.dup_mib == 32 and cfg.workload.dup_pages == 8192
+    assert cfg.host_mm.ksm.dupwrite and cfg.host_mm.ksm.dup_merged_pct == 50
+    assert "--dup-mib" in cfg.workload.run_argv() and "--dup-mib" in \
+        cfg.workload.verify_dump_argv("d")
+    assert "--dup-mib" not in settings.from_params(params()).workload.run_argv()
+    with pytest.raises(settings.SettingsError, match="128 \\+ 128 must be below mem = 256"):
+        settings.from_params(params(bgsnap_dup_mib=128))
+    with pytest.raises(settings.SettingsError, match="needs bgsnap_dup_mib > 0"):
+        settings.from_params(params(bgsnap_during="ksm", bgsnap_ksm_dupwrite="yes"))
+    with pytest.raises(settings.SettingsError, match="bgsnap_ksm_dup_merged_pct"):
+        settings.from_params(params(bgsnap_during="ksm", bgsnap_dup_mib=8,
+                                    bgsnap_ksm_dupwrite="yes", bgsnap_ksm_dup_merged_pct=101))
+
+
+def test_dup_counts_split_merged_protected_and_saved():
+    wp, present = host_mm.PM_UFFD_WP, host_mm.PM_PRESENT
+    entries = [present | wp, present | wp, present, present, present | wp]
+    merged = [True, False, True, False, False]
+    assert host_mm.dup_counts(entries, merged) == {
+        "pages": 5, "merged": 2, "merged_uffd_wp": 1, "merged_no_uffd_wp": 1,
+        "uffd_wp": 3, "unprotected": 1}
+
+
+def test_find_pages_finds_page_aligned_copies_only(tmp_path, monkeypatch):
+    d0 = bytes(range(256)) * 16
+    base = 0x40_0000
+    image = bytearray(16 * 4096)
+    for page in (2, 3, 9):
+        image[page * 4096:(page + 1) * 4096] = d0
+    image[5 * 4096 + 8:6 * 4096 + 8] = d0            # not page aligned: not a page of D0
+    mem = tmp_path / "proc/42/mem"
+    mem.parent.mkdir(parents=True)
+    with open(mem, "wb") as handle:
+        handle.seek(base)
+        handle.write(image)
+    monkeypatch.setattr(host_mm, "_root", tmp_path)
+    found = host_mm.find_pages(42, [(base, base + len(image))], d0, chunk=8 * 4096)
+    assert found == [base + p * 4096 for p in (2, 3, 9)]
+
+
+class _Workload:
+    def __init__(self, spec):
+        self.spec, self.calls = spec, 0
+
+    def dupwrite(self, timeout=None):
+        self.calls += 1
+        return {"pages": self.spec.dup_pages, "seconds": 0.01}
+
+
+class _SaveCtx:
+    """A save that streams for ``polls`` migration-status reads."""
+
+    def __init__(self, workload, polls, remaining=1 << 30):
+        self.workload, self.polls, self.log = workload, polls, lambda m: None
+        self.qmp, self.remaining = self, remaining
+
+    def migration_status(self):
+        self.polls -= 1
+        return "active" if self.polls > 0 else "completed"
+
+    def query_migrate(self):
+        return {"ram": {"remaining": self.remaining}}
+
+
+def _fake_ksm_action(monkeypatch, merge_after: int):
+    """KsmMerge over 4 dup pages that become KSM pages after ``merge_after``
+    pagemap reads of the dup region; ksmd's knobs faked."""
+    from avocado_bgsnap.wlproto import WorkloadSpec
+    spec = WorkloadSpec(mib=1, seed=1, nonce=2, dup_mib=1)
+    reads = {"n": 0}
+
+    def pagemap(pid, ranges):
+        if len(ranges) == 4:                        # the dup pages
+            reads["n"] += 1
+        return [host_mm.PM_PRESENT | 7] * len(ranges)
+
+    def flagged(entries):
+        return [reads["n"] > merge_after] * len(entries)
+
+    monkeypatch.setattr(host_mm, "pagemap", pagemap)
+    monkeypatch.setattr(host_mm, "ksm_flagged", flagged)
+    monkeypatch.setattr(host_mm, "find_pages", lambda pid, ranges, content: [0x1000 * i
+                                                                              for i in range(4)])
+    monkeypatch.setattr(host_mm.host_ksm, "counters", lambda: {"full_scans": 0})
+    monkeypatch.setattr(host_mm.host_ksm, "process_ksm", lambda pid: {"ksm_merging_pages": 0})
+    monkeypatch.setattr(host_mm.KsmMerge, "_smaps", lambda self: {"vmflags": ["mg"]})
+    monkeypatch.setattr(host_mm.KsmMerge, "DUP_SAMPLE_S", 0.0)
+    monkeypatch.setattr(host_mm.KsmMerge, "SAMPLE_S", 0.0)
+
+    class Control:
+        def start(self, *a):
+            pass
+
+        def stop(self):
+            pass
+
+    action = host_mm.KsmMerge(host_mm.KsmSettings(256, 10000, 10, 5, dupwrite=True), Control())
+    action.pid, action.ranges = 42, [(0, 0x10000)]
+    return action, _Workload(spec)
+
+
+def test_ksm_dupwrite_runs_once_the_dup_region_merged_while_streaming(monkeypatch):
+    action, workload = _fake_ksm_action(monkeypatch, merge_after=3)
+    monkeypatch.setattr(host_mm._GuestRamAction, "before_trigger", lambda self, ctx: None)
+    ctx = _SaveCtx(workload, polls=40)
+    action.before_trigger(ctx)
+    assert action.dup_found["found_d0"] == 4
+    record = action.act(ctx)
+    dup = record["dup_region"]
+    assert workload.calls == 1 and dup["dupwrite"]["pages_written"] == 256
+    assert dup["dupwrite"]["save_before"] == "active"
+    assert dup["dupwrite"]["dup_before"]["merged"] == 4
+    assert dup["dupwrite"]["trigger"]["measure"] == "dup pages KSM-merged"
+    assert action.nothing_happened(record) is None
+
+
+def test_ksm_dupwrite_that_never_ran_is_not_tested(monkeypatch):
+    action, workload = _fake_ksm_action(monkeypatch, merge_after=10**6)
+    monkeypatch.setattr(host_mm._GuestRamAction, "before_trigger", lambda self, ctx: None)
+    ctx = _SaveCtx(workload, polls=4)
+    action.before_trigger(ctx)
+    record = action.act(ctx)
+    assert workload.calls == 0 and record["dup_region"]["dupwrite"] is None
+    assert "dupwrite did not run" in action.nothing_happened(record)
+
+
+def test_ksm_dupwrite_without_the_workload_is_named(monkeypatch):
+    action, _ = _fake_ksm_action(monkeypatch, merge_after=0)
+    monkeypatch.setattr(host_mm._GuestRamAction, "before_trigger", lambda self, ctx: None)
+    ctx = _SaveCtx(None, polls=4)
+    action.before_trigger(ctx)
+    record = action.act(ctx)
+    assert "duplicate region" in action.nothing_happened(record)
+
+
+def test_ksm_dupwrite_after_the_save_passed_the_region_is_not_tested(monkeypatch):
+    action, workload = _fake_ksm_action(monkeypatch, merge_after=0)
+    monkeypatch.setattr(host_mm._GuestRamAction, "before_trigger", lambda self, ctx: None)
+    ctx = _SaveCtx(workload, polls=40, remaining=1000)
+    action.before_trigger(ctx)
+    record = action.act(ctx)
+    write = record["dup_region"]["dupwrite"]
+    assert write["dup_before"]["uffd_wp"] == 0 and write["ram_remaining_before"] == 1000
+    assert "dupwrite came too late" in action.nothing_happened(record)

@@ -598,6 +598,102 @@ def test_truncated_elf_core_is_an_error(wl, clean_dump, tmp_path):
     assert "truncated" in reply["error"]
 
 
+# ---------------------------------------------------------------- duplicate region
+
+K_DUP = 0x216E676572707564  # "dupregn!"
+
+
+def ref_dup_page(cfg: Cfg, k: int) -> bytes:
+    """D_k of docs/workload.md: word i = h3(seed ^ K_DUP, nonce, k) ^ i*G"""
+    base = h3(cfg.seed ^ K_DUP, cfg.nonce, k)
+    return struct.pack("<512Q", *(base ^ ((i * GOLDEN) & M64) for i in range(512)))
+
+
+def test_dup_content_matches_documented_model(wl, tmp_path):
+    cfg = Cfg(steps=(10,), writers=1)
+    path = tmp_path / "dup.raw"
+    gen(wl, path, cfg, "--dup-pages", "2,3")
+    data = path.read_bytes()
+    frames = [data[i:i + PAGE] for i in range(0, len(data), PAGE)][-5:]
+    d0, d1 = ref_dup_page(cfg, 0), ref_dup_page(cfg, 1)
+    assert frames == [d0, d0, d1, d1, d1] and d0 != d1
+    assert wlproto.dup_page(cfg.seed, cfg.nonce, 0) == d0
+    assert wlproto.dup_page(cfg.seed, cfg.nonce, 1) == d1
+    # another nonce: another D0 (a stale frame of an earlier run never matches)
+    assert ref_dup_page(Cfg(steps=(10,), writers=1, nonce=cfg.nonce ^ 1), 0) != d0
+
+
+def test_dup_region_all_d0_is_clean(wl, tmp_path):
+    cfg = Cfg(steps=BASE.steps, writers=BASE.writers)
+    path = tmp_path / "d.raw"
+    gen(wl, path, cfg, "--dup-pages", "512,0", "--shuffle", "5", "--garbage", "16")
+    _, reply = verify(wl, path, cfg, "--dup-mib", "2", expect_rc=0)
+    assert reply["clean"] is True and reply["bad_pages"] == 0 and reply["dup_bad_pages"] == 0
+    assert reply["dup"] == {**reply["dup"], "mib": 2, "pages": 512, "d0": 512, "d1": 0,
+                            "mixed": 0, "missing": 0}
+    result = wlproto.VerifyResult.from_reply(reply)
+    assert result.clean and (result.dup_d0, result.dup_d1) == (512, 0)
+    assert "dup: 512 D0, 0 D1" in result.summary() and result.summary().startswith("CLEAN:")
+    # without --dup-mib the dup frames are just foreign frames: no dup fields
+    _, reply = verify(wl, path, cfg, expect_rc=0)
+    assert "dup" not in reply and reply["dup_bad_pages"] == 0
+
+
+def test_dup_region_d1_frames_are_newer_than_the_snapshot(wl, tmp_path):
+    cfg = Cfg(steps=BASE.steps, writers=BASE.writers)
+    path = tmp_path / "d.raw"
+    gen(wl, path, cfg, "--dup-pages", "500,12", "--shuffle", "6")
+    _, reply = verify(wl, path, cfg, "--dup-mib", "2", expect_rc=1)
+    assert reply["clean"] is False and reply["bad_pages"] == 0   # the main region is fine
+    assert (reply["dup"]["d0"], reply["dup"]["d1"], reply["dup_bad_pages"]) == (500, 12, 12)
+    result = wlproto.VerifyResult.from_reply(reply)
+    assert not result.clean and result.dup_d1 == 12
+    assert "12 duplicate-region pages newer than the snapshot instant: write protection lost" \
+        in result.summary()
+    assert result.summary().startswith("BAD:")
+
+
+def test_dup_region_torn_and_missing_pages_are_bad(wl, tmp_path):
+    cfg = Cfg(steps=(40,), writers=1)
+    path = tmp_path / "d.raw"
+    gen(wl, path, cfg, "--dup-pages", "255,0")   # one of 256 missing
+    dump = Dump(path, cfg)
+    torn = bytearray(ref_dup_page(cfg, 0))
+    torn[:2048] = ref_dup_page(cfg, 1)[:2048]     # a D1 write caught half-way
+    dump.put(len(dump.data) // PAGE - 1, bytes(torn))
+    _, reply = verify(wl, dump.save(), cfg, "--dup-mib", "1", expect_rc=1)
+    assert (reply["dup"]["d0"], reply["dup"]["d1"], reply["dup"]["mixed"]) == (254, 0, 1)
+    assert reply["dup"]["missing"] == 1 and reply["dup_bad_pages"] == 2
+    summary = wlproto.VerifyResult.from_reply(reply).summary()
+    assert "1 duplicate-region pages torn" in summary and "1 duplicate-region pages missing" \
+        in summary
+
+
+def test_dup_region_with_bad_main_pages_reports_both(wl, clean_dump):
+    cfg, dump = clean_dump
+    p = cfg.pick(lambda p, e, w: True)
+    dump.put(dump.find(p), cfg.page(p, cfg.steps[p % 3] + 5))
+    dump.data += ref_dup_page(cfg, 1) * 3 + ref_dup_page(cfg, 0) * 253
+    _, reply = verify(wl, dump.save(), cfg, "--dup-mib", "1", expect_rc=1)
+    result = wlproto.VerifyResult.from_reply(reply)
+    assert result.bad_pages == 1 and result.dup_d1 == 3
+    assert "1 bad page(s) [1 later_step]" in result.summary()
+    assert "3 duplicate-region pages newer" in result.summary()
+
+
+def test_dup_region_in_an_elf_core_reports_its_guest_physical_range(wl, tmp_path):
+    cfg = Cfg(steps=(40,), writers=1)
+    path = tmp_path / "d.raw"
+    gen(wl, path, cfg, "--dup-pages", "256,0")
+    raw = path.read_bytes()
+    core = tmp_path / "core.elf"
+    core.write_bytes(elf_core([(0x10_0000, raw)]))
+    _, reply = verify(wl, core, cfg, "--dup-mib", "1", expect_rc=0)
+    first = 0x10_0000 + len(raw) - 256 * PAGE
+    assert reply["dup"]["paddr_min"] == first
+    assert reply["dup"]["paddr_max"] == 0x10_0000 + len(raw) - PAGE
+
+
 # ---------------------------------------------------------------- live server
 
 class Server:
@@ -742,6 +838,45 @@ def test_live_server_without_latency_and_rate_cap(wl, server):
     assert wlproto.VerifyResult.from_reply(srv.ok("verify")).clean
     srv.ok("quit")
     assert srv.proc.wait(timeout=10) == 0
+
+
+def test_live_server_dup_region_and_dupwrite(wl, server, tmp_path):
+    spec = wlproto.WorkloadSpec(mib=2, seed=3, nonce=0xD0D0_0000_0011, writers=1, dup_mib=1)
+    srv = server(spec)
+    st = srv.ok("status")
+    assert (st["dup_mib"], st["dup_state"]) == (1, 0)
+    d0, d1 = (wlproto.dup_page(spec.seed, spec.nonce, k) for k in (0, 1))
+
+    def dup_mapping():
+        """the dup region's address (its VMA may merge with a neighbour's)"""
+        with open(f"/proc/{srv.proc.pid}/maps") as maps:
+            for line in maps:
+                lo, hi = (int(x, 16) for x in line.split()[0].split("-"))
+                if hi - lo >= spec.dup_pages * PAGE and line.split()[1] == "rw-p":
+                    at = read_mem(srv.proc.pid, lo, hi - lo).find(d0)
+                    if at >= 0 and at % PAGE == 0:
+                        return lo + at, spec.dup_pages * PAGE
+        pytest.fail("dup region not found")
+
+    addr, size = dup_mapping()
+    data = read_mem(srv.proc.pid, addr, size)
+    assert all(data[i:i + PAGE] == d0 for i in range(0, size, PAGE))
+    reply = srv.ok("dupwrite")
+    assert reply["pages"] == spec.dup_pages == 256 and reply["dup_state"] == 1
+    assert srv.ok("status")["dup_state"] == 1
+    data = read_mem(srv.proc.pid, addr, size)
+    assert all(data[i:i + PAGE] == d1 for i in range(0, size, PAGE))
+    srv.ok("freeze")
+    assert wlproto.VerifyResult.from_reply(srv.ok("verify")).clean
+    srv.ok("quit")
+    assert srv.proc.wait(timeout=10) == 0
+
+
+def test_dupwrite_without_dup_region_is_an_error(wl, server):
+    srv = server(wlproto.WorkloadSpec(mib=1, seed=3, nonce=4))
+    assert srv.ok("status")["dup_mib"] == 0
+    with pytest.raises(wlproto.WorkloadProtocolError, match="no duplicate region"):
+        srv.ok("dupwrite")
 
 
 def test_ctl_without_server_fails_clearly(wl, tmp_path):

@@ -10,6 +10,7 @@
 struct wl_opts {
     struct wl_params P;      /* npages = mib * 256 */
     uint64_t mib;
+    uint64_t dup_mib;        /* --dup-mib: the duplicate region (0 = none) */
     int have_mib, have_seed, have_nonce, have_writers, have_pattern, have_hot;
     double rate_mib_s;       /* 0 = unlimited */
     int latency;             /* 0 with --no-latency */
@@ -17,6 +18,7 @@ struct wl_opts {
     uint64_t steps[WL_MAX_WRITERS];
     unsigned nsteps;
     uint64_t shuffle, garbage;
+    uint64_t dup_gen[2];     /* gen --dup-pages: frames of D0 and of D1 to add */
     int have_shuffle;
     int inflight[WL_MAX_WRITERS]; /* WL_IF_NONE or WL_IF_OLD/NEW/TORN */
     double seconds;          /* selfcheck writer benchmark */

@@ -93,6 +93,12 @@ void wl_fill_page(const struct wl_params *P, uint8_t *buf, uint64_t p, uint64_t 
         wl_st(buf, i, base ^ ((uint64_t)i * WL_GOLDEN));
 }
 
+void wl_fill_dup(const struct wl_params *P, uint8_t *buf, unsigned k)
+{
+    for (unsigned i = 0; i < WL_WORDS; i++)
+        wl_st(buf, i, wl_dup_word(P, k, i));
+}
+
 void wl_write_step(const struct wl_params *P, uint64_t *page, uint64_t p, uint64_t s)
 {
     uint64_t base = wl_body_base(P, p, s);

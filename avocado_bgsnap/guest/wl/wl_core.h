@@ -27,6 +27,8 @@
 #define WL_K_BODY 0x626F64795F6B6579ull
 #define WL_K_CHECK 0x636865636B5F6B65ull
 #define WL_K_META 0x6D6574615F636B21ull
+/* "dupregn!": the duplicate region (--dup-mib), every page one content */
+#define WL_K_DUP 0x216E676572707564ull
 
 enum wl_pattern { WL_PAT_RANDOM = 0, WL_PAT_SEQUENTIAL, WL_PAT_HOT, WL_PAT_MIXED, WL_NPAT };
 
@@ -165,6 +167,15 @@ void wl_fill_page(const struct wl_params *P, uint8_t *buf, uint64_t p, uint64_t 
  * 4..511 ascending.  Words 0 and 1 are the same for every version of p
  * and are written by the fill only.  buf must be 8-byte aligned. */
 void wl_write_step(const struct wl_params *P, uint64_t *page, uint64_t p, uint64_t s);
+
+/* ---- duplicate region: every page holds the same content D_k ----
+ * word i of D_k = h3(seed ^ K_DUP, nonce, k) ^ i*G (k = 0 at start, 1 after
+ * dupwrite); a function of seed and nonce, so no stale frame matches */
+static inline uint64_t wl_dup_word(const struct wl_params *P, unsigned k, unsigned i)
+{
+    return wl_h3(P->seed ^ WL_K_DUP, P->nonce, k) ^ ((uint64_t)i * WL_GOLDEN);
+}
+void wl_fill_dup(const struct wl_params *P, uint8_t *buf, unsigned k);
 
 /* ---- checksum ---- */
 uint64_t wl_page_hash(const uint8_t *page);

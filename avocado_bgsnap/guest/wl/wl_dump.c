@@ -128,6 +128,44 @@ static int cross_check(const struct wl_opts *o, const struct wl_params *P, char 
     return -1;
 }
 
+/* the duplicate region (--dup-mib): frames equal to D0 / D1, and frames
+ * that begin like one of them but are neither (a torn dup write) */
+struct dupscan {
+    uint64_t pages, d0, d1, mixed, paddr_min, paddr_max;
+    uint8_t c[2][WL_PAGE];
+};
+
+static void dup_check(struct dupscan *D, const uint8_t *f, uint64_t paddr)
+{
+    int k = memcmp(f, D->c[0], 8) == 0 ? 0 : memcmp(f, D->c[1], 8) == 0 ? 1 : -1;
+    if (k < 0)
+        return;
+    if (memcmp(f, D->c[k], WL_PAGE) != 0)
+        D->mixed++;
+    else if (k == 0)
+        D->d0++;
+    else
+        D->d1++;
+    if (D->d0 + D->d1 + D->mixed == 1 || paddr < D->paddr_min)
+        D->paddr_min = paddr;
+    if (paddr > D->paddr_max)
+        D->paddr_max = paddr;
+}
+
+/* bad dup pages: every one must be D0 (the image is older than any dupwrite);
+ * D1 or torn frames, or fewer D0 frames than dup pages */
+static uint64_t dup_missing(const struct dupscan *D)
+{ /* dup pages neither D0, D1 nor torn */
+    uint64_t seen = D->d0 + D->d1 + D->mixed;
+    return seen < D->pages ? D->pages - seen : 0;
+}
+
+static uint64_t dup_bad(const struct dupscan *D)
+{
+    uint64_t not_d0 = D->d0 < D->pages ? D->pages - D->d0 : 0;
+    return D->d1 + D->mixed > not_d0 ? D->d1 + D->mixed : not_d0;
+}
+
 static const char *phase_name(uint64_t ph)
 {
     static const char *const names[] = {"filling", "running", "frozen", "stopped"};
@@ -150,7 +188,15 @@ int wl_cmd_verify_dump(const struct wl_opts *o)
     struct wl_vresult *R;
     const char *msg = NULL;
     char err[256];
+    static struct dupscan D;
     int fd = open(o->dump, O_RDONLY);
+
+    memset(&D, 0, sizeof(D));
+    D.pages = o->dup_mib * (1024 * 1024 / WL_PAGE);
+    if (D.pages) {
+        wl_fill_dup(&o->P, D.c[0], 0);
+        wl_fill_dup(&o->P, D.c[1], 1);
+    }
 
     if (fd < 0)
         return fail(o->dump, strerror(errno));
@@ -183,6 +229,8 @@ int wl_cmd_verify_dump(const struct wl_opts *o)
             const uint8_t *f = m + segs[i].off + off;
             uint64_t w0 = wl_ld(f, 0);
             frames++;
+            if (D.pages)
+                dup_check(&D, f, segs[i].paddr + off);
             if (w0 == WL_MAGIC_PAGE) {
                 uint64_t q = wl_ld(f, 1) ^ o->P.nonce;
                 if (q < WL_MAX_PAGE && cand_push(&cands, &ncand, &capcand, q, f))
@@ -233,7 +281,16 @@ int wl_cmd_verify_dump(const struct wl_opts *o)
             secs = 1e-9;
         sb_init(&b);
         sb_printf(&b, WL_PREFIX "{\"ok\":true,\"cmd\":\"verify-dump\",");
-        wl_result_json(&b, R);
+        wl_result_json_clean(&b, R, wl_clean(R) && dup_bad(&D) == 0);
+        if (D.pages)
+            sb_printf(&b, ",\"dup\":{\"mib\":%llu,\"pages\":%llu,\"d0\":%llu,\"d1\":%llu,"
+                          "\"mixed\":%llu,\"missing\":%llu,\"paddr_min\":%llu,\"paddr_max\":%llu}",
+                      (unsigned long long)o->dup_mib, (unsigned long long)D.pages,
+                      (unsigned long long)D.d0, (unsigned long long)D.d1,
+                      (unsigned long long)D.mixed,
+                      (unsigned long long)dup_missing(&D),
+                      (unsigned long long)D.paddr_min, (unsigned long long)D.paddr_max);
+        sb_printf(&b, ",\"dup_bad_pages\":%llu", (unsigned long long)dup_bad(&D));
         sb_printf(&b, ",\"format\":\"%s\",\"segments\":%d,\"dump_bytes\":%llu,\"frames_scanned\":%llu,"
                       "\"stray_frames\":%llu,\"duplicate_identical\":%llu,\"phase\":\"%s\","
                       "\"writers\":%u,\"pattern\":\"%s\",\"hot_pct\":%u,"
@@ -246,7 +303,7 @@ int wl_cmd_verify_dump(const struct wl_opts *o)
         fputs(b.s, stdout);
         sb_free(&b);
     }
-    rc = wl_clean(R) ? 0 : 1;
+    rc = wl_clean(R) && dup_bad(&D) == 0 ? 0 : 1;
     free(pages);
     free(amb);
     free(R);
@@ -288,7 +345,7 @@ int wl_cmd_gen(const struct wl_opts *o)
 
     for (unsigned w = 0; w < W; w++)
         C[w] = o->nsteps == 1 ? o->steps[0] : o->steps[w];
-    total = 1 + P->npages + o->garbage;
+    total = 1 + P->npages + o->garbage + o->dup_gen[0] + o->dup_gen[1];
     last = malloc(P->npages * sizeof(*last));
     order = malloc(total * sizeof(*order));
     buf = aligned_alloc(WL_PAGE, WL_PAGE);
@@ -310,6 +367,9 @@ int wl_cmd_gen(const struct wl_opts *o)
     }
     while (g < o->garbage)
         order[idx++] = 1 + P->npages + g++;
+    /* then the duplicate-region frames: dup_gen[0] of D0, dup_gen[1] of D1 */
+    for (; idx < total; idx++)
+        order[idx] = idx;
     if (o->have_shuffle)
         for (uint64_t i = total - 1; i > 0; i--) {
             uint64_t j = wl_mix(o->shuffle ^ wl_mix(i)) % (i + 1), t = order[i];
@@ -337,8 +397,10 @@ int wl_cmd_gen(const struct wl_opts *o)
                 wl_fill_page(P, tmp, p, C[w] + 1);
                 memcpy(buf + 16, tmp + 16, 8 * (TORN_SPLIT - 2));
             }
-        } else {
+        } else if (id <= P->npages + o->garbage) {
             gen_garbage(P, buf, id - 1 - P->npages, o->shuffle);
+        } else {
+            wl_fill_dup(P, buf, id - 1 - P->npages - o->garbage < o->dup_gen[0] ? 0 : 1);
         }
         if (fwrite(buf, WL_PAGE, 1, out) != 1) {
             fprintf(stderr, "bgsnap-wl gen: write %s: %s\n", o->out, strerror(errno));

@@ -13,12 +13,13 @@ static const char usage[] =
     "usage:\n"
     "  bgsnap-wl run --mib N --seed S --nonce X [--writers W] [--pattern P]\n"
     "                [--hot-pct H] [--rate MIBS] [--no-latency] [--socket PATH]\n"
-    "  bgsnap-wl ctl [--socket PATH] status|mark N|freeze|thaw|verify|quit\n"
+    "                [--dup-mib N]\n"
+    "  bgsnap-wl ctl [--socket PATH] status|mark N|freeze|thaw|verify|dupwrite|quit\n"
     "  bgsnap-wl verify-dump --dump FILE --seed S --nonce X [--mib N] [--writers W]\n"
-    "                [--pattern P] [--hot-pct H]\n"
+    "                [--pattern P] [--hot-pct H] [--dup-mib N]\n"
     "  bgsnap-wl gen --out FILE --mib N --seed S --nonce X --writers W --pattern P\n"
     "                [--hot-pct H] --steps C1[,C2,...] [--shuffle SEED] [--garbage N]\n"
-    "                [--inflight W:old|new|torn ...]\n"
+    "                [--inflight W:old|new|torn ...] [--dup-pages D0,D1]\n"
     "  bgsnap-wl selfcheck --mib N [--seed S] [--writers W] [--pattern P]\n"
     "                [--seconds T] [--no-latency] [--rate MIBS]\n"
     "patterns: random sequential hot mixed\n";
@@ -136,6 +137,20 @@ int main(int argc, char **argv)
             if (wl_parse_u64(v, &o.mib) || o.mib < 1 || o.mib > (1u << 20))
                 return die_usage(cmd, "--mib must be 1..1048576", v);
             o.have_mib = 1;
+        } else if (strcmp(name, "--dup-mib") == 0) {
+            if (wl_parse_u64(v, &o.dup_mib) || o.dup_mib > (1u << 20))
+                return die_usage(cmd, "--dup-mib must be 0..1048576", v);
+        } else if (strcmp(name, "--dup-pages") == 0) {
+            char *comma = strchr(v, ',');
+            char num[32];
+            size_t n = comma ? (size_t)(comma - v) : 0;
+            if (!comma || n == 0 || n >= sizeof(num))
+                return die_usage(cmd, "--dup-pages must be N0,N1", v);
+            memcpy(num, v, n);
+            num[n] = 0;
+            if (wl_parse_u64(num, &o.dup_gen[0]) || wl_parse_u64(comma + 1, &o.dup_gen[1]) ||
+                o.dup_gen[0] > (1u << 24) || o.dup_gen[1] > (1u << 24))
+                return die_usage(cmd, "--dup-pages must be N0,N1", v);
         } else if (strcmp(name, "--seed") == 0) {
             if (wl_parse_u64(v, &o.P.seed))
                 return die_usage(cmd, "bad --seed", v);

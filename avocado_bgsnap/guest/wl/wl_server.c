@@ -42,6 +42,12 @@ struct server {
     uint8_t *map, *meta, *region;
     size_t maplen;
     int mlock_errno; /* 0 = locked */
+    /* the duplicate region (--dup-mib): every page D0, after dupwrite D1;
+     * a mapping of its own, NOT locked (the host's KSM may merge it) */
+    uint8_t *dup;
+    size_t duplen;
+    uint64_t dup_pages, dup_mib;
+    atomic_int dup_state;
     struct writer *wr;
     unsigned started;
     atomic_int freeze_req, stop_req, window;
@@ -227,6 +233,25 @@ static int server_init(struct server *S, const struct wl_opts *o)
     S->mlock_errno = mlock(S->map, S->maplen) == 0 ? 0 : errno;
     S->meta = S->map;
     S->region = S->map + WL_PAGE;
+    S->dup_mib = o->dup_mib;
+    if (o->dup_mib) {
+        uint8_t d0[WL_PAGE];
+        S->dup_pages = o->dup_mib * (1024 * 1024 / WL_PAGE);
+        S->duplen = (size_t)S->dup_pages * WL_PAGE;
+        S->dup = mmap(NULL, S->duplen, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (S->dup == MAP_FAILED) {
+            fprintf(stderr, "bgsnap-wl: mmap dup region %zu bytes: %s\n", S->duplen,
+                    strerror(errno));
+            return -1;
+        }
+#ifdef MADV_NOHUGEPAGE
+        madvise(S->dup, S->duplen, MADV_NOHUGEPAGE);
+#endif
+        wl_fill_dup(&S->P, d0, 0);
+        for (uint64_t i = 0; i < S->dup_pages; i++)
+            memcpy(S->dup + i * WL_PAGE, d0, WL_PAGE);
+        atomic_store(&S->dup_state, 0);
+    }
     wl_meta_init(S->meta, &S->P);
     S->wr = aligned_alloc(64, sizeof(struct writer) * S->P.writers);
     if (!S->wr) {
@@ -273,6 +298,8 @@ static void server_stop(struct server *S)
     set_phase(S, WL_PHASE_STOPPED);
     free(S->wr);
     munmap(S->map, S->maplen);
+    if (S->dup)
+        munmap(S->dup, S->duplen);
 }
 
 /* accrue running/window time up to now (caller holds mu) */
@@ -379,6 +406,8 @@ static void cmd_status(struct server *S, struct sbuf *b)
         sb_json_str(b, strerror(S->mlock_errno));
         sb_printf(b, ",");
     }
+    sb_printf(b, "\"dup_mib\":%llu,\"dup_state\":%d,", (unsigned long long)S->dup_mib,
+              atomic_load(&S->dup_state));
     json_committed(S, b);
     sb_printf(b, ",\"elapsed_s\":%.3f,\"mib_per_s\":%.1f,\"window\":%d,\"windows\":[", run_s,
               run_s > 0 ? (double)steps * WL_PAGE / MIB / run_s : 0.0, cur);
@@ -515,13 +544,28 @@ static int handle(struct server *S, char *line, struct sbuf *b)
             reply_error(b, cmd, err);
         else if (live_verify(S, b, "verify") < 0)
             reply_error(b, cmd, "out of memory");
+    } else if (strcmp(cmd, "dupwrite") == 0) {
+        if (!S->dup) {
+            reply_error(b, cmd, "no duplicate region (run --dup-mib N)");
+        } else {
+            /* every page of the dup region := D1, in ascending order */
+            uint8_t d1[WL_PAGE];
+            uint64_t t0 = wl_now_ns();
+            wl_fill_dup(&S->P, d1, 1);
+            for (uint64_t i = 0; i < S->dup_pages; i++)
+                memcpy(S->dup + i * WL_PAGE, d1, WL_PAGE);
+            atomic_store(&S->dup_state, 1);
+            sb_printf(b, "{\"ok\":true,\"cmd\":\"dupwrite\",\"pages\":%llu,\"dup_state\":1,"
+                         "\"seconds\":%.6f}",
+                      (unsigned long long)S->dup_pages, (double)(wl_now_ns() - t0) / 1e9);
+        }
     } else if (strcmp(cmd, "quit") == 0) {
         sb_printf(b, "{\"ok\":true,\"cmd\":\"quit\",");
         json_committed(S, b);
         sb_printf(b, "}");
         return 1;
     } else {
-        reply_error(b, cmd, "unknown command (status|mark N|freeze|thaw|verify|quit)");
+        reply_error(b, cmd, "unknown command (status|mark N|freeze|thaw|verify|dupwrite|quit)");
     }
     return 0;
 }

@@ -66,10 +66,15 @@ void sb_json_str(struct sbuf *b, const char *s)
 
 void wl_result_json(struct sbuf *b, const struct wl_vresult *R)
 {
+    wl_result_json_clean(b, R, wl_clean(R));
+}
+
+void wl_result_json_clean(struct sbuf *b, const struct wl_vresult *R, int clean)
+{
     unsigned W = R->writers;
     sb_printf(b, "\"clean\":%s,\"npages\":%llu,\"pages_found\":%llu,\"bad_pages\":%llu,"
                  "\"steps_total\":%llu,\"committed\":[",
-              wl_clean(R) ? "true" : "false", (unsigned long long)R->npages,
+              clean ? "true" : "false", (unsigned long long)R->npages,
               (unsigned long long)R->pages_found, (unsigned long long)R->bad_pages,
               (unsigned long long)R->steps_total);
     for (unsigned w = 0; w < W; w++)

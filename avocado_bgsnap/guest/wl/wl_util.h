@@ -20,6 +20,8 @@ void sb_json_str(struct sbuf *b, const char *s); /* quoted, escaped */
 
 /* appends the verify fields (no braces) to b */
 void wl_result_json(struct sbuf *b, const struct wl_vresult *R);
+/* the same with the verdict given (verify-dump: the duplicate region too) */
+void wl_result_json_clean(struct sbuf *b, const struct wl_vresult *R, int clean);
 
 /* decimal or 0x-hex u64; 0 on success, -1 if malformed/out of range */
 int wl_parse_u64(const char *s, uint64_t *out);
