@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import subprocess
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -36,6 +35,7 @@ from . import paths
 from .guest import wl_build
 from .host import ksm as host_ksm
 from .host import memory
+from .host.errors import _is_root
 
 PASS, FAIL, UNSUPPORTED = "pass", "FAIL", "unsupported"
 RESULTS = (PASS, FAIL, UNSUPPORTED)
@@ -361,10 +361,6 @@ def _execute(binary: Path, args: list[str], timeout_s: float) -> CheckReport:
     except ValueError as exc:
         raise UffdCheckError(f"{' '.join(cmd)}: unreadable report ({exc})", cmd,
                              proc.stderr) from exc
-
-
-def _is_root() -> bool:
-    return os.geteuid() == 0
 
 
 def _run_ksmd(stack: contextlib.ExitStack, options: CheckOptions,

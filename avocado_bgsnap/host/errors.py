@@ -5,12 +5,13 @@ No work at import time.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
 import subprocess
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable, Iterator
 
 # The name the single-module ``avocado_bgsnap/host.py`` logged under.
 LOG = logging.getLogger("avocado_bgsnap.host")
@@ -69,3 +70,22 @@ def _stop(proc: subprocess.Popen | None, grace: float = 0.0) -> None:
         proc.wait(timeout=10)
     except subprocess.TimeoutExpired:  # pragma: no cover - unkillable (D state)
         LOG.warning("process %s did not exit after SIGKILL", proc.pid)
+
+
+def _is_root() -> bool:
+    return os.geteuid() == 0
+
+
+@contextlib.contextmanager
+def _undoing(undo: Callable[[BaseException | None], None]) -> Iterator[None]:
+    """Run the block, then ``undo(failure)`` whatever happens: ``failure`` is
+    what the block raised (None when it did not), so an undo that fails too
+    can attach its message to it rather than hide it."""
+    failure: BaseException | None = None
+    try:
+        yield
+    except BaseException as exc:
+        failure = exc
+        raise
+    finally:
+        undo(failure)

@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from .errors import LOG, _errno_text, _read_text
+from .errors import LOG, _errno_text, _is_root, _read_text, _undoing
 from .memory import HostMemoryUnavailable, _not_restored
 
 _root = Path("/")
@@ -43,10 +43,6 @@ def _read(name: str) -> int | None:
 def _write(name: str, value: int) -> None:
     with open(_file(name), "w") as handle:
         handle.write(str(value))
-
-
-def _is_root() -> bool:
-    return os.geteuid() == 0
 
 
 def available() -> bool:
@@ -100,15 +96,12 @@ def ksm_control() -> Iterator[KsmControl]:
     if None in original.values():
         raise HostMemoryUnavailable(f"cannot read KSM's knobs: {original}")
     control = KsmControl(original)
-    failure: BaseException | None = None
-    try:
-        yield control
-    except BaseException as exc:
-        failure = exc
-        raise
-    finally:
+    def put_back(failure: BaseException | None) -> None:
         if control.started:
             _restore(original, failure)
+
+    with _undoing(put_back):
+        yield control
 
 
 def _restore(original: dict[str, int], failure: BaseException | None) -> None:

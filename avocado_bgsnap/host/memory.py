@@ -34,7 +34,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from .errors import LOG, HostCheckError, _errno_text, _read_text
+from .errors import LOG, HostCheckError, _errno_text, _is_root, _read_text, _undoing
 
 # Tests point this at a fake tree holding sys/... and proc/...
 _root = Path("/")
@@ -69,10 +69,6 @@ class HostMemoryNotRestored(HostMemoryError):
 
 def _path(rel: str) -> Path:
     return _root / rel
-
-
-def _is_root() -> bool:
-    return os.geteuid() == 0
 
 
 def _read_int(path: Path) -> int | None:
@@ -233,17 +229,11 @@ def reserved_hugepages(pages: int, size_kib: int = 2048, *,
             f"needs root to reserve hugepages ({pages} x {size_kib} kB asked, "
             f"{pool.available} free; cannot write {nr_file})")
     target = pool.persistent + (pages - pool.available)
-    failure: BaseException | None = None
-    try:
+    with _undoing(lambda failure: _restore_pool(nr_file, pool, failure)):
         got = _grow_pool(nr_file, target, size_kib, pages, compact)
         LOG.info("%s: nr_hugepages %d -> %d for %d free pages", pool.name,
                  pool.nr_hugepages, got.nr_hugepages, pages)
         yield got
-    except BaseException as exc:
-        failure = exc
-        raise
-    finally:
-        _restore_pool(nr_file, pool, failure)
 
 
 def _grow_pool(nr_file: Path, target: int, size_kib: int, pages: int,
@@ -407,17 +397,15 @@ def hugetlbfs_mount(size_kib: int = 2048) -> Iterator[Path]:
     if existing:
         directory = Path(existing[0].target)
         before = {e.name for e in directory.iterdir()}
-        failure: BaseException | None = None
-        try:
-            yield directory
-        except BaseException as exc:
-            failure = exc
-            raise
-        finally:
+
+        def remove_new(failure: BaseException | None) -> None:
             stayed = _remove_new_entries(directory, before)
             if stayed:
                 _not_restored(f"cannot remove {', '.join(stayed)} from hugetlbfs "
                               f"{directory}", failure)
+
+        with _undoing(remove_new):
+            yield directory
         return
     if not _is_root():
         raise HostMemoryUnavailable(f"needs root to mount hugetlbfs (no writable "
@@ -435,14 +423,8 @@ def hugetlbfs_mount(size_kib: int = 2048) -> Iterator[Path]:
         raise HostMemoryUnavailable(f"cannot mount hugetlbfs on {directory}", cmd,
                                     done.returncode, done.stderr)
     LOG.info("mounted hugetlbfs pagesize=%s on %s", _kib_text(size_kib), directory)
-    failure = None
-    try:
+    with _undoing(lambda failure: _unmount(directory, failure)):
         yield directory
-    except BaseException as exc:
-        failure = exc
-        raise
-    finally:
-        _unmount(directory, failure)
 
 
 def _unmount(directory: Path, failure: BaseException | None) -> None:
@@ -525,19 +507,16 @@ def thp_mode_set(mode: str) -> Iterator[str]:
         return
     if not _is_root():
         raise HostMemoryUnavailable(f"needs root to set THP mode to {mode} (is {previous})")
-    failure: BaseException | None = None
-    try:
-        _set_choice(enabled, mode, HostMemoryUnavailable)
-        LOG.info("THP enabled: %s -> %s", previous, mode)
-        yield previous
-    except BaseException as exc:
-        failure = exc
-        raise
-    finally:
+    def put_back(failure: BaseException | None) -> None:
         try:
             _set_choice(enabled, previous, HostMemoryNotRestored)
         except HostMemoryNotRestored as exc:
             _not_restored(str(exc), failure)
+
+    with _undoing(put_back):
+        _set_choice(enabled, mode, HostMemoryUnavailable)
+        LOG.info("THP enabled: %s -> %s", previous, mode)
+        yield previous
 
 
 def _set_choice(path: Path, value: str, error: type[HostMemoryError]) -> None:

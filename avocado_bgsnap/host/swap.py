@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterator
 
-from .errors import LOG, _read_text
+from .errors import LOG, _is_root, _read_text, _undoing
 from .memory import HostMemoryUnavailable, _not_restored
 
 _root = Path("/")
@@ -36,10 +36,6 @@ class SwapDevice:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def _is_root() -> bool:
-    return os.geteuid() == 0
 
 
 def _run(cmd: list[str]) -> subprocess.CompletedProcess:
@@ -80,16 +76,10 @@ def swap_file(directory: Path, size_mib: int) -> Iterator[SwapDevice]:
         raise HostMemoryUnavailable(f"needs root to add a {size_mib} MiB swap file "
                                     "(mkswap, swapon)")
     path = Path(directory) / f"bgsnap-swap-{os.getpid()}"
-    failure: BaseException | None = None
-    try:
+    with _undoing(lambda failure: _remove(path, failure)):
         _make(path, size_mib)
         LOG.info("swap file %s (%d MiB) on", path, size_mib)
         yield SwapDevice(str(path), size_mib)
-    except BaseException as exc:
-        failure = exc
-        raise
-    finally:
-        _remove(path, failure)
 
 
 def _remove(path: Path, failure: BaseException | None) -> None:
