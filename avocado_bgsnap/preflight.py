@@ -80,3 +80,12 @@ def check_host(qemu_binary: str, requested_accel: str, kernel: Path, initrd: Pat
     if problems:
         raise HostUnsupported("; ".join(problems))
     return facts
+
+
+def check_test_host(params, cfg, with_snapshot: bool = True) -> host.HostFacts:
+    """:func:`check_host` for a test: its QEMU, kernel and initrd params and
+    its settings (``with_snapshot``: also the transport and mode it saves with)."""
+    snapshot_args = (cfg.transport, cfg.mode) if with_snapshot else ()
+    return check_host(params["qemu_binary"], cfg.accel, Path(params["kernel"]),
+                      Path(params["initrd"]), cfg.kvm_probe_timeout_s, *snapshot_args)
+

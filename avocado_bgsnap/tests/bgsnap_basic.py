@@ -44,9 +44,7 @@ def run(test, params, env):
     cfg = settings.from_params(params)
     error_context.context("Check the host", test.log.info)
     try:
-        facts = preflight.check_host(params["qemu_binary"], cfg.accel, Path(params["kernel"]),
-                                     Path(params["initrd"]), cfg.kvm_probe_timeout_s,
-                                     cfg.transport, cfg.mode)
+        facts = preflight.check_test_host(params, cfg)
     except preflight.HostUnsupported as exc:
         test.cancel(str(exc))
     test.log.info("Host: %s", facts.summary())

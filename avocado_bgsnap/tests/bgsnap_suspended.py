@@ -30,9 +30,7 @@ from avocado_bgsnap.qmp import SnapshotQMP
 def run(test, params, env):
     cfg = settings.from_params(params)
     try:
-        facts = preflight.check_host(params["qemu_binary"], cfg.accel, Path(params["kernel"]),
-                                     Path(params["initrd"]), cfg.kvm_probe_timeout_s,
-                                     cfg.transport, cfg.mode)
+        facts = preflight.check_test_host(params, cfg)
     except preflight.HostUnsupported as exc:
         test.cancel(str(exc))
     params["vm_accelerator"] = facts.accel.accel

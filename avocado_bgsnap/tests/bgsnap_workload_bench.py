@@ -31,8 +31,7 @@ def run(test, params, env):
     seconds = params.get_numeric("bgsnap_bench_seconds", 5, float)
     error_context.context("Check the host", test.log.info)
     try:
-        facts = preflight.check_host(params["qemu_binary"], cfg.accel, Path(params["kernel"]),
-                                     Path(params["initrd"]), cfg.kvm_probe_timeout_s)
+        facts = preflight.check_test_host(params, cfg, with_snapshot=False)
     except preflight.HostUnsupported as exc:
         test.cancel(str(exc))
     params["vm_accelerator"] = facts.accel.accel

@@ -117,6 +117,25 @@ static bool write_all(struct setup *s, struct result *res, int writers, bool rac
     return true;
 }
 
+/* The usual end of a case: the writers write every page, the handler stops,
+ * the region is verified against ``vo`` (NULL: the case checks it itself),
+ * its file view too when ``file_view``, and the fault figures are recorded.
+ * False when the writers could not run (the result says why). */
+static bool write_and_check(struct setup *s, struct result *res, int writers, bool race,
+                            const struct verify_opts *vo, bool file_view)
+{
+    if (!write_all(s, res, writers, race))
+        return false;
+    stop_handler(s);
+    if (vo)
+        verify_region(&s->r, vo, res);
+    if (file_view)
+        verify_file_view(&s->r, res);
+    handler_figures(&s->h, res);
+    latency_figures(&s->r, res, "fault");
+    return true;
+}
+
 static void pagemap_figures(struct setup *s, struct result *res, const char *when,
                             struct pmstat *out)
 {
@@ -167,13 +186,9 @@ static void case_basic(struct result *res, enum mem_type mt, const struct case_d
     } else {
         res_note(res, "protected while %d writers were writing", g_opts.writers);
     }
-    if (!write_all(&s, res, latency ? 1 : g_opts.writers, race))
+    if (!write_and_check(&s, res, latency ? 1 : g_opts.writers, race,
+                         &(struct verify_opts){.skip_cell = NO_CELL}, true))
         goto out;
-    stop_handler(&s);
-    verify_region(&s.r, &(struct verify_opts){.skip_cell = NO_CELL}, res);
-    verify_file_view(&s.r, res);
-    handler_figures(&s.h, res);
-    latency_figures(&s.r, res, "fault");
 out:
     teardown(&s);
 }
@@ -244,13 +259,9 @@ static void case_fork(struct result *res, enum mem_type mt, const struct case_de
     if (after.uffd_wp < before.uffd_wp)
         res_note(res, "parent's uffd-wp PTE bits %zu -> %zu over the fork", before.uffd_wp,
                  after.uffd_wp);
-    if (!write_all(&s, res, g_opts.writers, false))
+    if (!write_and_check(&s, res, g_opts.writers, false,
+                         &(struct verify_opts){.skip_cell = NO_CELL}, true))
         goto out;
-    stop_handler(&s);
-    verify_region(&s.r, &(struct verify_opts){.skip_cell = NO_CELL}, res);
-    verify_file_view(&s.r, res);
-    handler_figures(&s.h, res);
-    latency_figures(&s.r, res, "fault");
     uint64_t events = atomic_load(&s.h.fork_events), child_faults = atomic_load(&s.h.child_faults);
     fig_num(res, "fork_events", (double)events);
     fig_num(res, "child_faults", (double)child_faults);
@@ -314,13 +325,9 @@ static void case_pageout(struct result *res, enum mem_type mt, const struct case
              a.swapped, res_b, res_a, b.uffd_wp, a.uffd_wp, s.r.ncells);
     if (!g_opts.no_protect && a.uffd_wp < b.uffd_wp)
         res_fail(res, "%zu uffd-wp bits lost by MADV_PAGEOUT", b.uffd_wp - a.uffd_wp);
-    if (!write_all(&s, res, g_opts.writers, false))
+    if (!write_and_check(&s, res, g_opts.writers, false,
+                         &(struct verify_opts){.skip_cell = NO_CELL}, true))
         goto out;
-    stop_handler(&s);
-    verify_region(&s.r, &(struct verify_opts){.skip_cell = NO_CELL}, res);
-    verify_file_view(&s.r, res);
-    handler_figures(&s.h, res);
-    latency_figures(&s.r, res, "fault");
 out:
     teardown(&s);
 }
@@ -335,12 +342,10 @@ static void case_unpopulated(struct result *res, enum mem_type mt, const struct 
     if (!protect_or_fail(&s, res))
         goto out;
     pagemap_figures(&s, res, "protected", NULL);
-    if (!write_all(&s, res, g_opts.writers, false))
+    if (!write_and_check(&s, res, g_opts.writers, false,
+                         &(struct verify_opts){.old_is_zero = true, .skip_cell = NO_CELL},
+                         false))
         goto out;
-    stop_handler(&s);
-    verify_region(&s.r, &(struct verify_opts){.old_is_zero = true, .skip_cell = NO_CELL}, res);
-    handler_figures(&s.h, res);
-    latency_figures(&s.r, res, "fault");
     res_note(res, "never-populated pages protected%s; every copy must be zeros",
              def->needs ? " with UFFD_FEATURE_WP_UNPOPULATED" : "");
 out:
@@ -388,12 +393,9 @@ static void case_thp_split(struct result *res, enum mem_type mt, const struct ca
     long after = thp_kib(&s);
     fig_num(res, "thp_kib_after_split", (double)after);
     pagemap_figures(&s, res, "after_split", NULL);
-    if (!write_all(&s, res, g_opts.writers, false))
+    if (!write_and_check(&s, res, g_opts.writers, false,
+                         &(struct verify_opts){.skip_cell = zapped}, false))
         goto out;
-    stop_handler(&s);
-    verify_region(&s.r, &(struct verify_opts){.skip_cell = zapped}, res);
-    handler_figures(&s.h, res);
-    latency_figures(&s.r, res, "fault");
     bool zapped_faulted = atomic_load(&s.r.state[zapped]) == 2;
     fig_bool(res, "dropped_subpage_faulted", zapped_faulted);
     const uint64_t *zp = (const uint64_t *)(base + zapped * CELL);
@@ -459,11 +461,8 @@ static void case_mremap(struct result *res, enum mem_type mt, const struct case_
     fig_num(res, "remap_events", (double)atomic_load(&s.h.remap_events));
     if (mt == MT_ANON_THP)
         fig_num(res, "thp_kib_after", (double)sa.anon_huge_kib);
-    if (!write_all(&s, res, g_opts.writers, false))
+    if (!write_and_check(&s, res, g_opts.writers, false, NULL, false))
         goto out;
-    stop_handler(&s);
-    handler_figures(&s.h, res);
-    latency_figures(&s.r, res, "fault");
     uint64_t faults = atomic_load(&s.h.wp_faults);
     const char *semantics = registered && a.uffd_wp ? "kept" : (!registered && !a.uffd_wp)
                             ? "cleared" : "inconsistent";
