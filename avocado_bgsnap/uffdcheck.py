@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import shutil
 import subprocess
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -403,4 +405,41 @@ def run_check(options: CheckOptions = CheckOptions(), binary: Path | None = None
         ksm_skip = _run_ksmd(stack, options, log) if options.wants_ksm else None
         if ksm_skip:
             log(f"KSM cases unsupported: {ksm_skip}")
-        return _execute(binary, options.arguments(skip, ksm_skip), options.timeout_s)
+        report = _execute(binary, options.arguments(skip, ksm_skip), options.timeout_s)
+    if not (options.negative or options.cases or options.memory_types):
+        _remember(report)   # only a full check stands for the kernel
+    return report
+
+
+# -- the last check of this kernel, in every job's results ------------------------
+# Every full run is kept per kernel release (state dir); the job-end report
+# plugin copies it into each job as JOB_FILE, so every job says what the
+# kernel's UFFD-WP did, as each test's record says what the host is.
+JOB_FILE = "bgsnap-uffd-check.json"
+
+
+def _cache_path(kernel: str) -> Path:
+    return paths.state_dir() / f"uffd-check-{kernel}.json"
+
+
+def _remember(report: CheckReport) -> None:
+    path = _cache_path(report.kernel)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.with_suffix(".txt").write_text(render_table(report) + "\n")
+        write_json(report, path)
+    except OSError as exc:
+        memory.LOG.warning("uffd-check result not kept: %s", exc)
+
+
+def store_in_job(job_dir: Path) -> Path | None:
+    """Copy the last self-check of the running kernel into ``job_dir`` (JSON
+    + the text table beside it); None when this kernel was never checked."""
+    cached = _cache_path(os.uname().release)
+    if not cached.is_file():
+        return None
+    dest = Path(job_dir) / JOB_FILE
+    for src, dst in ((cached.with_suffix(".txt"), dest.with_suffix(".txt")), (cached, dest)):
+        if src.is_file():
+            shutil.copyfile(src, dst)
+    return dest

@@ -73,6 +73,12 @@ class BgsnapReportResult(Result):
     priority = PluginPriority.LOW
 
     def render(self, result, job):
+        try:  # every job carries the last UFFD-WP self-check of this kernel
+            from .. import uffdcheck  # the avocado face may reach below the report
+
+            uffdcheck.store_in_job(Path(job.logdir))
+        except Exception as exc:  # pylint: disable=W0703 - never fail a job for it
+            LOG_UI.warning("bgsnap: the kernel's UFFD-WP self-check not copied: %s", exc)
         try:
             logdir = Path(job.logdir)
             if not collect.record_files(logdir):

@@ -10,7 +10,7 @@ from jobs import by_name, pytestmark, run_job  # noqa: F401
 
 
 def test_uffd_selfcheck_and_its_negative_control(tmp_path):
-    data, _ = run_job(tmp_path, "uffd.selfcheck", "uffd.negative")
+    data, job = run_job(tmp_path, "uffd.selfcheck", "uffd.negative")
     tests = by_name(data)
     check = tests["uffd.selfcheck"]
     (report,) = Path(check["logdir"]).glob("**/uffd-check.json")
@@ -23,5 +23,8 @@ def test_uffd_selfcheck_and_its_negative_control(tmp_path):
     else:
         assert check["status"] == "PASS", check["fail_reason"]
     assert tests["uffd.negative"]["status"] == "PASS", tests["uffd.negative"]["fail_reason"]
+    # the job carries this kernel's last self-check (the full one, not the negative)
+    kept = json.loads((job / "bgsnap-uffd-check.json").read_text())
+    assert not kept["no_protect"] and kept["cases"] == json.loads(report.read_text())["cases"]
     (negative,) = Path(tests["uffd.negative"]["logdir"]).glob("**/uffd-check.json")
     assert any(c["result"] == "FAIL" for c in json.loads(negative.read_text())["cases"])

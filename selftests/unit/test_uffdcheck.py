@@ -1,5 +1,6 @@
 """uffdcheck: the report parser, the table, the verdicts; one real run of the C check."""
 
+import dataclasses
 import json
 import os
 import shutil
@@ -12,6 +13,12 @@ from avocado_bgsnap import host, uffdcheck
 from avocado_bgsnap.host import ksm as host_ksm
 from avocado_bgsnap.host import memory
 from avocado_bgsnap.uffdcheck import FAIL, PASS, UNSUPPORTED, CheckOptions
+
+
+@pytest.fixture(autouse=True)
+def _own_state_dir(tmp_path, monkeypatch):
+    """A full run keeps its result per kernel in the state dir: not the real one."""
+    monkeypatch.setattr(uffdcheck.paths, "state_dir", lambda: tmp_path / "state")
 
 
 def case(name="wp-basic", memory_type="anon", result=PASS, reason="", **figures):
@@ -370,3 +377,15 @@ def test_real_anon_passes_and_the_negative_control_fails(real_check):
     assert "written after protection without a fault" in anon.reason
     assert uffdcheck.verdict(negative).status == "FAIL"
     assert uffdcheck.negative_verdict(negative).status == "PASS"
+
+
+def test_the_last_full_check_of_this_kernel_goes_into_every_job(tmp_path):
+    job = tmp_path / "job"
+    job.mkdir()
+    assert uffdcheck.store_in_job(job) is None          # never checked: nothing copied
+    report = dataclasses.replace(uffdcheck.parse_report(document(case(), LATENCY)),
+                                 kernel=os.uname().release)
+    uffdcheck._remember(report)
+    copied = uffdcheck.store_in_job(job)
+    assert json.loads(copied.read_text()) == report.to_dict()
+    assert "UFFD-WP self-check" in copied.with_suffix(".txt").read_text()
