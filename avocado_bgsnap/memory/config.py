@@ -30,6 +30,9 @@ BACKENDS = ("memory-backend-ram", "memory-backend-memfd", "memory-backend-file")
 ANON, SHMEM, HUGETLB, FILE = "anon", "shmem", "hugetlb", "file"
 # statfs f_type names host_setup resolves a mem-path to
 FS_TMPFS, FS_HUGETLBFS = "tmpfs", "hugetlbfs"
+# Filesystems whose files are shmem: tmpfs, and devtmpfs (a tmpfs inside the
+# kernel; seen: /dev/shm of a chroot whose /dev is a plain bind of the host's)
+SHMEM_FILESYSTEMS = (FS_TMPFS, "devtmpfs")
 
 
 class MemoryConfigError(ValueError):
@@ -63,7 +66,7 @@ class RamBlockSpec:
             return HUGETLB if self.hugetlb else SHMEM
         if self.on_hugetlbfs:
             return HUGETLB
-        return SHMEM if self.path_fs == FS_TMPFS else FILE
+        return SHMEM if self.path_fs in SHMEM_FILESYSTEMS else FILE
 
     @property
     def hugepages_needed(self) -> int:

@@ -40,6 +40,8 @@ def test_machine_default_is_private_anonymous():
      config.SHMEM),
     ({"vm_mem_backend": "memory-backend-file", "vm_mem_backend_path": "/var/tmp"}, "ext4",
      config.FILE),
+    ({"vm_mem_backend": "memory-backend-file", "vm_mem_backend_path": "/dev/shm"}, "devtmpfs",
+     config.SHMEM),
     ({"vm_mem_backend": "memory-backend-file", "vm_mem_backend_path": "@hugetlbfs"}, "hugetlbfs",
      config.HUGETLB),
 ])
