@@ -67,7 +67,8 @@ def run_job(tmp_path, *refs, extra=()) -> tuple[dict, Path]:
     job = jobs[0]
     leaked = qemu_pids(tag)
     assert not leaked, f"QEMU processes left behind: {leaked}"
-    assert host_settings.changes() == [], "host settings left changed"
+    changed = host_settings.changes()
+    assert changed == [], f"host settings left changed: {changed}"
     data = json.loads((job / "results.json").read_text())
     assert data["tests"], proc.stdout + proc.stderr
     return data, job
