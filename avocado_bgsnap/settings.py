@@ -77,12 +77,12 @@ def _choice(params, key: str, default: str, allowed: tuple) -> str:
     return value
 
 
-def _transport(params, negative: str) -> transports.Transport:
+def _transport(params, negative: str, nonce: int) -> transports.Transport:
     """bgsnap_save_uri + bgsnap_restore_uri (custom) win over bgsnap_transport."""
     save, restore = params.get("bgsnap_save_uri"), params.get("bgsnap_restore_uri")
     try:
         if negative == "damage_in_transit":
-            return transports.by_name("damaged_in_transit")
+            return transports.damaged_in_transit(nonce)
         if save or restore:
             if not (save and restore):
                 raise transports.TransportError(
@@ -243,7 +243,7 @@ def from_params(params) -> BgsnapSettings:
         snapshot_dir = params.get("bgsnap_snapshot_dir") or None
         negative = _choice(params, "bgsnap_negative_control", "none", NEGATIVE_CONTROLS)
         mode = _choice(params, "bgsnap_mode", "background", MODES)
-        transport = _transport(params, negative)
+        transport = _transport(params, negative, workload.nonce)
         if mode == "snapshot_save":
             _check_internal(transport, negative)
         memory, restore_memory, restore = _memory(params)

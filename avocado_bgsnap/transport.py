@@ -61,8 +61,9 @@ class Transport:
         return None
 
 
-# The flip filter damages the stream on its way to the file (negative control).
-FLIP_FILTER = "{python} -m avocado_bgsnap.flip_filter"
+# The flip filter damages the stream on its way to the file (negative control);
+# it needs the workload's nonce: see damaged_in_transit().
+FLIP_FILTER = "{python} -m avocado_bgsnap.flip_filter %d"
 # A slow target (32 MiB/s): long enough a save for actions during it.
 SLOW_FILTER = "{python} -m avocado_bgsnap.throttle_filter 32"
 
@@ -75,9 +76,15 @@ BUILTIN = {
         Transport("file_uri", "file:{path}", "file:{path}", min_qemu=(8, 2, 0)),
         Transport("mapped_ram", "file:{path}", "file:{path}", ("mapped-ram",), (9, 0, 0)),
         Transport("slow", "exec:" + SLOW_FILTER + " > {path}", "exec:cat {path}"),
-        Transport("damaged_in_transit", "exec:" + FLIP_FILTER + " > {path}", "exec:cat {path}"),
     )
 }
+
+
+def damaged_in_transit(nonce: int) -> Transport:
+    """The negative control's transport: flips a byte of the page 0 of the
+    workload with this nonce on its way to the file."""
+    return validate(Transport("damaged_in_transit",
+                              "exec:" + FLIP_FILTER % nonce + " > {path}", "exec:cat {path}"))
 
 
 def _check_template(kind: str, template: str) -> None:

@@ -1,4 +1,5 @@
-"""The in-transit damage filter flips exactly one byte inside a workload page."""
+"""The in-transit damage filter flips exactly one byte inside the workload's
+page 0, and only there: not in a page that merely starts with the magic."""
 
 import io
 import struct
@@ -6,18 +7,24 @@ import struct
 from avocado_bgsnap import flip_filter
 from avocado_bgsnap.verifier import PAGE_MAGIC
 
-
-def stream(prefix_len):
-    page = struct.pack("<Q", PAGE_MAGIC) + bytes(range(256)) * 15 + bytes(4096 - 8 - 3840)
-    return bytes(prefix_len) + page + b"tail" * 100
+NONCE = 0x1234_5678_9ABC
 
 
-def run(data, chunk):
+def page(nonce):
+    head = struct.pack("<QQ", PAGE_MAGIC, nonce)
+    return head + bytes(range(256)) * 15 + bytes(4096 - 16 - 3840)
+
+
+def stream(prefix_len, decoy=b""):
+    return bytes(prefix_len) + decoy + page(NONCE) + b"tail" * 100
+
+
+def run(data, chunk, nonce=NONCE):
     old = flip_filter.CHUNK
     flip_filter.CHUNK = chunk
     try:
         out = io.BytesIO()
-        offset = flip_filter.flip_stream(io.BytesIO(data), out)
+        offset = flip_filter.flip_stream(io.BytesIO(data), out, nonce)
     finally:
         flip_filter.CHUNK = old
     return offset, out.getvalue()
@@ -33,10 +40,27 @@ def test_one_byte_flipped_whatever_the_chunking():
         assert diff == [offset], chunk
 
 
+def test_a_page_with_the_magic_but_another_nonce_is_left_alone():
+    # the workload binary's code holds the magic; an older run's page holds
+    # another nonce: neither is this workload's page 0
+    code = struct.pack("<Q", PAGE_MAGIC) + b"\x90" * 600
+    decoy = code + page(NONCE ^ 1)
+    data = stream(100, decoy)
+    for chunk in (9, 4096, 1 << 20):
+        offset, out = run(data, chunk)
+        assert offset == 100 + len(decoy) + flip_filter.OFFSET, chunk
+        assert out[:100 + len(decoy)] == data[:100 + len(decoy)]
+
+
 def test_no_page_no_change():
-    data = b"no magic here" * 1000
+    data = b"no magic here" * 1000 + page(NONCE ^ 7)
     offset, out = run(data, 100)
     assert offset is None and out == data
+
+
+def test_the_command_line_needs_the_nonce(capsys):
+    assert flip_filter.main([]) == 2
+    assert "NONCE" in capsys.readouterr().err
 
 
 def test_page_magic_matches_the_c_header():

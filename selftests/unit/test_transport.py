@@ -19,8 +19,9 @@ def test_exec_paths_are_shell_quoted_file_paths_are_not():
 
 
 def test_python_placeholder_is_the_running_interpreter():
-    t = transport.by_name("damaged_in_transit")
+    t = transport.damaged_in_transit(12345)
     assert sys.executable in t.save_uri(Path("/x"))
+    assert "flip_filter 12345 >" in t.save_uri(Path("/x"))
 
 
 @pytest.mark.parametrize("save, restore, message", [
