@@ -237,6 +237,7 @@ class SnapshotCycle:
         with self._restored_vm() as (clone, qmp):
             self.record.stop("restore")
             self.record.start("dump")
+            snapshot.create_private(self.dump_path)  # QEMU keeps its mode: 0600
             qmp.dump_guest_memory(str(self.dump_path), timeout=self.cfg.verify_timeout_s)
             self.record.stop("dump")
             self.record.start("host_verify")

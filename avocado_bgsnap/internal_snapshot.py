@@ -44,9 +44,13 @@ def unsupported_reason(qemu_version: tuple[int, int, int]) -> str | None:
 
 
 def create_image(path: Path) -> None:
-    """A fresh, empty qcow2 at ``path`` (replacing any old one)."""
-    with contextlib.suppress(FileNotFoundError):
-        path.unlink()
+    """A fresh, empty qcow2 at ``path`` (replacing any old one), mode 0600:
+    ``qemu-img create`` keeps an existing file's mode (it would create a new
+    one 0644), so the file is made private first."""
+    try:
+        snapshot.create_private(path)
+    except OSError as exc:
+        raise InternalSnapshotError(f"qemu-img create {path}: cannot create it: {exc}") from exc
     proc = subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(path), DISK_SIZE],
                           capture_output=True, text=True, check=False)
     if proc.returncode != 0:

@@ -32,16 +32,38 @@ class SnapshotResult:
     raw_events: tuple[dict, ...] = field(default=(), repr=False)
 
 
+# A file holding guest memory (snapshot, dump, qcow2) is its owner's only.
+PRIVATE_MODE = 0o600
+
+
+def create_private(path: Path) -> Path:
+    """An empty ``path`` of mode 0600 whatever the umask, replacing any old
+    file.  What writes into it then keeps that mode: a shell's ``>``,
+    QEMU's ``file:`` and ``dump-guest-memory``, and ``qemu-img create`` open
+    an existing file with O_TRUNC (measured: docs/privileges.md).  Created
+    by them it would be 0644 under umask 022 (a shell, qemu-img)."""
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC, PRIVATE_MODE)
+    try:
+        os.fchmod(fd, PRIVATE_MODE)  # the umask may have taken bits off
+    finally:
+        os.close(fd)
+    return path
+
+
 @contextlib.contextmanager
 def written_atomically(path: Path):
-    """Yield ``<path>.partial`` to write; rename it to ``path`` when the block
+    """Yield ``<path>.partial``, created empty and private (see
+    :func:`create_private`), to write; rename it to ``path`` when the block
     succeeds, remove it when it fails: a half-written file never carries the
     snapshot's name."""
     partial = path.with_name(path.name + ".partial")
-    with contextlib.suppress(FileNotFoundError):
-        partial.unlink()
+    create_private(partial)
     try:
         yield partial
+        # a writer that replaced the file (a custom exec: template) made it anew
+        os.chmod(partial, PRIVATE_MODE)
         os.replace(partial, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

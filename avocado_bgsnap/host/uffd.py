@@ -189,3 +189,54 @@ def probe_uffd() -> UffdInfo:
         return UffdInfo(True, features=int(api.features), reason=reason, open_mode=mode)
     finally:
         os.close(fd)
+
+
+# migration/options.c: QEMU's answer to background-snapshot=on when it cannot
+# open a userfaultfd with write-protect (7.2 and 10.0 alike).
+QEMU_NO_UFFD_WP = "Background-snapshot is not supported by host kernel"
+
+
+@dataclass(frozen=True)
+class UnprivilegedUffd:
+    """What a QEMU run by an unprivileged user answers to background-snapshot=on."""
+
+    accepted: bool
+    via: str        # UFFD_MODE_SYSCALL / UFFD_MODE_DEVICE, "" when refused
+    reason: str
+
+    @property
+    def refusal(self) -> str | None:
+        """QEMU's error message when refused, else None."""
+        return None if self.accepted else QEMU_NO_UFFD_WP
+
+
+def predict_unprivileged_uffd(sysctl_value: str, dev_userfaultfd_mode: int | None,
+                              qemu_version: tuple[int, ...]) -> UnprivilegedUffd:
+    """Whether QEMU run by a user without CAP_SYS_PTRACE, neither owner of
+    ``/dev/userfaultfd`` nor in its group, can turn background-snapshot on.
+
+    ``sysctl_value``: ``vm.unprivileged_userfaultfd``; ``dev_userfaultfd_mode``:
+    the device's ``st_mode`` (None: no device).  QEMU never passes
+    ``UFFD_USER_MODE_ONLY`` (it needs kernel-mode faults too), so the open
+    that works for any user here is not one QEMU makes: the syscall works
+    with the sysctl at 1, and from 8.0 (:data:`UFFD_DEV_SINCE`) QEMU opens
+    ``/dev/userfaultfd`` first, which works when others may read and write it.
+    """
+    if (dev_userfaultfd_mode is not None and tuple(qemu_version) >= UFFD_DEV_SINCE
+            and dev_userfaultfd_mode & 0o006 == 0o006):
+        return UnprivilegedUffd(True, UFFD_MODE_DEVICE,
+                                f"QEMU {_version_text(qemu_version)} opens {UFFD_DEVICE}, "
+                                f"mode {dev_userfaultfd_mode & 0o777:04o}")
+    if sysctl_value.strip() == "1":
+        return UnprivilegedUffd(True, UFFD_MODE_SYSCALL,
+                                "vm.unprivileged_userfaultfd = 1: the syscall works for any user")
+    device = ("no " + UFFD_DEVICE if dev_userfaultfd_mode is None
+              else f"{UFFD_DEVICE} mode {dev_userfaultfd_mode & 0o777:04o}")
+    if tuple(qemu_version) < UFFD_DEV_SINCE:
+        device += f" (QEMU {_version_text(qemu_version)} does not use it)"
+    return UnprivilegedUffd(False, "", f"vm.unprivileged_userfaultfd = {sysctl_value.strip()} "
+                                       f"and {device}: the syscall gives EPERM")
+
+
+def _version_text(version: tuple[int, ...]) -> str:
+    return ".".join(map(str, version))
