@@ -43,5 +43,7 @@ setup(
             "bgsnap-progress = avocado_bgsnap.progress:BgsnapProgress"],
         "avocado.plugins.result": [
             "bgsnap-report = avocado_bgsnap.report.result_plugin:BgsnapReportResult"],
+        "avocado.plugins.job.prepost": [
+            "bgsnap-leftovers = avocado_bgsnap.leftovers:BgsnapLeftovers"],
     },
 )

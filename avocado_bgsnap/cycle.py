@@ -75,7 +75,10 @@ class SnapshotCycle:
                        "negative_control": cfg.negative_control, "mode": cfg.mode,
                        "qemu_build": cfg.qemu_build, "repetition": cfg.repetition,
                        "max_bandwidth_mib_s": cfg.max_bandwidth_mib_s,
-                       "transport": dataclasses.asdict(cfg.transport)})
+                       "transport": dataclasses.asdict(cfg.transport),
+                       # what bgsnap-leftovers.json must not count (docs/leftovers.md)
+                       "snapshot_file": str(self.snapshot_path),
+                       "keep_snapshot": cfg.keep_snapshot})
 
     # -- 2 ------------------------------------------------------------------
     def boot_and_fill(self, boot_started: float) -> None:

@@ -1,18 +1,22 @@
 """What the end-to-end tests share: running a real avocado job of the suite
-in its own results dir, and checking that no QEMU of it outlives it.
+in its own results dir, and checking that it left nothing behind: no QEMU
+outlives it, and its own bgsnap-leftovers.json is empty.
 """
 
 import json
 import os
 import shutil
 import subprocess
+import threading
 import uuid
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
 from avocado_bgsnap import paths
 from avocado_bgsnap.host.memory import HostSettingsGuard
+from avocado_bgsnap.leftovers import LEFTOVERS_FILE
 
 AVOCADO = shutil.which("avocado")
 pytestmark = pytest.mark.skipif(
@@ -51,9 +55,12 @@ def system_only(ref: str) -> str:
     return f"system.{ref}" if qemu_builds.load_builds() else ref
 
 
-def run_job(tmp_path, *refs, extra=()) -> tuple[dict, Path]:
-    """Run refs in one job; return (results.json, job dir); assert no QEMU
-    leaked and no host memory setting (hugepages, THP, hugetlbfs mounts) was
+def run_job_proc(tmp_path, *refs, extra=(), during: Callable[[Path], None] | None = None
+                 ) -> tuple[subprocess.CompletedProcess, dict, Path]:
+    """Run refs in one job; return (the avocado process, results.json, job
+    dir).  ``during(results_dir)``, when given, runs in a thread alongside the
+    job.  Asserts, from outside the job, that no QEMU of it is still running
+    and that no host memory setting (hugepages, THP, hugetlbfs mounts) was
     left changed."""
     tag = uuid.uuid4().hex
     host_settings = HostSettingsGuard()
@@ -61,7 +68,12 @@ def run_job(tmp_path, *refs, extra=()) -> tuple[dict, Path]:
     cmd = ["run", "--job-results-dir", str(results), *map(system_only, refs)]
     for item in extra:  # the option appends one key=value per use
         cmd += ["--vt-extra-params", item]
+    watcher = threading.Thread(target=during, args=(results,), daemon=True) if during else None
+    if watcher:
+        watcher.start()
     proc = avocado(*cmd, tag=tag)
+    if watcher:
+        watcher.join(timeout=30)
     jobs = [p for p in results.iterdir() if p.name.startswith("job-")] if results.is_dir() else []
     assert len(jobs) == 1, f"avocado ran no job: {proc.stdout[-1500:]} {proc.stderr[-1500:]}"
     job = jobs[0]
@@ -71,6 +83,23 @@ def run_job(tmp_path, *refs, extra=()) -> tuple[dict, Path]:
     assert changed == [], f"host settings left changed: {changed}"
     data = json.loads((job / "results.json").read_text())
     assert data["tests"], proc.stdout + proc.stderr
+    return proc, data, job
+
+
+def job_leftovers(job: Path) -> list[dict]:
+    """The job's own account of what it left (bgsnap-leftovers.json)."""
+    path = job / LEFTOVERS_FILE
+    assert path.is_file(), f"the job wrote no {LEFTOVERS_FILE}"
+    return json.loads(path.read_text())
+
+
+def run_job(tmp_path, *refs, extra=()) -> tuple[dict, Path]:
+    """Run refs in one job; return (results.json, job dir); assert the job
+    left nothing: no QEMU, socket, snapshot file, mount or host setting
+    (its bgsnap-leftovers.json is empty; docs/leftovers.md)."""
+    _, data, job = run_job_proc(tmp_path, *refs, extra=extra)
+    found = job_leftovers(job)
+    assert found == [], f"the job left: {found}"
     return data, job
 
 
