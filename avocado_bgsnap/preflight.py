@@ -1,17 +1,29 @@
 """Host checks done before any VM starts, with results a test can act on.
 
 A missing prerequisite raises :class:`HostUnsupported`; the test turns it
-into ``test.cancel(reason)``, never a failure.
+into ``test.cancel(reason)``, never a failure.  A bad input the user gave
+(a missing kernel, a snapshot dir that is not writable, a guest larger than
+the host can hold) raises :class:`~.settings.SettingsError` first
+(:func:`check_inputs`): the test ends in ERROR, naming the param.
 """
 
 import os
+import tempfile
 from pathlib import Path
 
 from . import host, internal_snapshot, paths, qemu_builds, vt_compat
 from .guest.build import GUEST_READY_MARKER
+from .host.memory import parse_meminfo
+from .memory.config import HUGETLB
+from .settings import BgsnapSettings, SettingsError
 from .transport import Transport
 
 ACCEL_CACHE = "accel-probe.json"
+# The files of the guest a test boots; 'avocado bgsnap setup' sets them.
+GUEST_FILES = ("kernel", "initrd")
+# The host-side verifier of a snapshot (bgsnap-wl verify-dump).
+VERIFIER_FILE = "bgsnap_wl_binary"
+MEMINFO = Path("/proc/meminfo")
 
 
 class HostUnsupported(Exception):
@@ -82,9 +94,85 @@ def check_host(qemu_binary: str, requested_accel: str, kernel: Path, initrd: Pat
     return facts
 
 
+def check_file(params, key: str) -> Path:
+    """params[key] names a readable regular file, or SettingsError."""
+    value = params.get(key)
+    if not value:
+        raise SettingsError(f"{key} is not set: expected a file ('avocado bgsnap setup' "
+                            f"sets it)")
+    path = Path(value)
+    if not path.is_file():
+        what = "is not a regular file" if path.exists() else "no such file"
+        raise SettingsError(f"{key} = {value!r}: {what}: expected an existing file "
+                            f"('avocado bgsnap setup' sets it)")
+    if not os.access(path, os.R_OK):
+        raise SettingsError(f"{key} = {value!r}: not readable by this user")
+    return path
+
+
+def check_writable_dir(key: str, path: Path) -> None:
+    """``path`` is a directory this user can create files in, or SettingsError.
+
+    os.access() is not the whole answer (root passes it on a read-only
+    mount): a file is created and removed to be sure."""
+    if not path.is_dir():
+        what = "is not a directory" if path.exists() else "does not exist"
+        raise SettingsError(f"{key} = '{path}': {what}: expected an existing, writable "
+                            f"directory")
+    try:
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise PermissionError("no write permission for this user")
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".bgsnap-write-check-"):
+            pass
+    except OSError as exc:
+        raise SettingsError(f"{key} = '{path}': not writable (creating a file there: "
+                            f"{exc.strerror or exc}): "
+                            f"expected a directory this user can create files in") from None
+
+
+def _ram_mib(memory) -> int:
+    """RAM one QEMU of this memory config takes from the host's page pool
+    (hugetlb blocks come from the hugepage pool, checked where it is set up)."""
+    return sum(b.size_mib for b in memory.blocks if b.memory_type != HUGETLB)
+
+
+def check_host_memory(cfg: BgsnapSettings, with_snapshot: bool = True,
+                      meminfo: Path | None = None) -> None:
+    """The guests of a test fit this host's MemAvailable, or SettingsError.
+
+    Rule: a snapshot test runs the source guest and its restored copy at
+    once, so ``mem`` counts twice (once without a snapshot)."""
+    try:
+        available_kib = parse_meminfo((meminfo or MEMINFO).read_text()).get("MemAvailable")
+    except OSError:
+        available_kib = None
+    if available_kib is None:
+        return
+    need = _ram_mib(cfg.memory)
+    if with_snapshot:
+        need += _ram_mib(cfg.restore_memory or cfg.memory)
+    if need > available_kib // 1024:
+        who = "the guest and its restored copy run at once" if with_snapshot else "one guest"
+        raise SettingsError(f"mem = {cfg.guest_mem_mib}: {who}: {need} MiB of guest RAM "
+                            f"must fit this host's MemAvailable of {available_kib // 1024} MiB")
+
+
+def check_inputs(params, cfg: BgsnapSettings, with_snapshot: bool = True) -> None:
+    """What the user gave, against this host, before any QEMU starts: the
+    guest's files, the snapshot dir, the guest's size (SettingsError naming
+    the param: an ERROR, not a CANCEL)."""
+    for key in GUEST_FILES + ((VERIFIER_FILE,) if with_snapshot else ()):
+        check_file(params, key)
+    if with_snapshot and cfg.snapshot_dir is not None:
+        check_writable_dir("bgsnap_snapshot_dir", cfg.snapshot_dir)
+    check_host_memory(cfg, with_snapshot)
+
+
 def check_test_host(params, cfg, with_snapshot: bool = True) -> host.HostFacts:
-    """:func:`check_host` for a test: its QEMU, kernel and initrd params and
-    its settings (``with_snapshot``: also the transport and mode it saves with)."""
+    """:func:`check_inputs`, then :func:`check_host` for a test: its QEMU,
+    kernel and initrd params and its settings (``with_snapshot``: also the
+    transport and mode it saves with)."""
+    check_inputs(params, cfg, with_snapshot)
     snapshot_args = (cfg.transport, cfg.mode) if with_snapshot else ()
     return check_host(params["qemu_binary"], cfg.accel, Path(params["kernel"]),
                       Path(params["initrd"]), cfg.kvm_probe_timeout_s, *snapshot_args)

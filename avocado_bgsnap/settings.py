@@ -4,6 +4,7 @@ Test modules call :func:`from_params` once; everything below them takes
 these typed values, never the raw ``params`` dict.
 """
 
+import math
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +14,7 @@ from .during import host_mm as mm_actions
 from .during.devices import BalloonSettings, VirtioMemSettings
 from .memory import config as memory_config
 from .memory.config import MemoryConfig
-from .wlproto import WorkloadSpec
+from .wlproto import MAX_MIB, MAX_WRITERS, PATTERNS, WorkloadSpec
 
 ACCELERATORS = ("auto", "kvm", "tcg")
 # What a negative-control variant does to the snapshot; the test then PASSes
@@ -33,6 +34,10 @@ INTERNAL_NEGATIVE_CONTROLS = ("none", "damage_file")
 HOST_THP_MODES = ("keep", "always", "madvise", "never")
 # What can happen while the RAM streams (during/): a name each.
 DURING_ACTIONS = ("balloon", "virtio_mem") + mm_actions.HOST_MM_ACTIONS
+# The largest guest the workload can address (1 TiB); the host's own memory
+# is checked in preflight.check_inputs().
+MAX_MEM_MIB = MAX_MIB
+SEED_MAX = (1 << 64) - 1
 
 
 class SettingsError(ValueError):
@@ -80,18 +85,22 @@ def _choice(params, key: str, default: str, allowed: tuple) -> str:
 def _transport(params, negative: str, nonce: int) -> transports.Transport:
     """bgsnap_save_uri + bgsnap_restore_uri (custom) win over bgsnap_transport."""
     save, restore = params.get("bgsnap_save_uri"), params.get("bgsnap_restore_uri")
+    name = params.get("bgsnap_transport", "file")
+    where = f"bgsnap_transport = {name!r}"
     try:
         if negative == "damage_in_transit":
+            where = "bgsnap_negative_control = damage_in_transit"
             return transports.damaged_in_transit(nonce)
         if save or restore:
+            where = "bgsnap_save_uri, bgsnap_restore_uri"
             if not (save and restore):
                 raise transports.TransportError(
                     "set both bgsnap_save_uri and bgsnap_restore_uri, or neither")
             caps = tuple(params.get("bgsnap_transport_capabilities", "").split())
             return transports.custom(save, restore, caps)
-        return transports.by_name(params.get("bgsnap_transport", "file"))
+        return transports.by_name(name)
     except transports.TransportError as exc:
-        raise SettingsError(str(exc)) from None
+        raise SettingsError(f"{where}: {exc}") from None
 
 
 def _check_internal(transport: transports.Transport, negative: str) -> None:
@@ -128,6 +137,8 @@ def _memory(params) -> tuple[MemoryConfig, MemoryConfig | None, tuple]:
             restore_memory = memory_config.from_params(changed)
     except memory_config.MemoryConfigError as exc:
         raise SettingsError(str(exc)) from None
+    if memory.vcpus < 1:
+        raise SettingsError(f"smp = {memory.vcpus}: expected >= 1 (vCPUs)")
     return memory, restore_memory, restore
 
 
@@ -140,37 +151,61 @@ def _during(params, mode: str, mem: int, memory: MemoryConfig, dup_mib: int = 0)
     if names and mode != "background":
         raise SettingsError(f"bgsnap_during = {' '.join(names)} acts while a background "
                             f"snapshot streams: needs bgsnap_mode = background, not {mode}")
-    timeout = params.get_numeric("bgsnap_during_timeout", 20, float)
+    timeout = _seconds(params, "bgsnap_during_timeout", 20)
     balloon = vmem = None
     if "balloon" in names:
         if not params.objects("balloon"):
             raise SettingsError("bgsnap_during = balloon needs a balloon device (balloon = ...)")
-        inflate = int(params.get_numeric("bgsnap_balloon_inflate_mib", 64))
-        if not 0 < inflate < mem // 2:
-            raise SettingsError(f"bgsnap_balloon_inflate_mib = {inflate}: expected 1..{mem // 2 - 1}"
-                                f" (under half of mem = {mem})")
+        inflate = _number(params, "bgsnap_balloon_inflate_mib", 64, int, 1, mem // 2 - 1,
+                          note=f" (under half of mem = {mem})")
         balloon = BalloonSettings(mem, inflate, timeout)
     if "virtio_mem" in names:
         devs = [b for b in memory.blocks if b.virtio_mem]
         if len(devs) != 1:
             raise SettingsError("bgsnap_during = virtio_mem needs exactly one mem_devs entry "
                                 "with vm_memdev_model = virtio-mem")
-        sizes = tuple(int(x) for x in params.get("bgsnap_virtio_mem_sizes", "").split())
-        if not sizes or any(not 0 <= x <= devs[0].size_mib for x in sizes):
+        words = params.get("bgsnap_virtio_mem_sizes", "").split()
+        sizes = tuple(int(x) for x in words if x.isdigit())
+        if not sizes or len(sizes) != len(words) or any(x > devs[0].size_mib for x in sizes):
             raise SettingsError(f"bgsnap_virtio_mem_sizes = {params.get('bgsnap_virtio_mem_sizes')!r}"
                                 f": expected MiB values in 0..{devs[0].size_mib}")
         vmem = VirtioMemSettings(
             f"virtio_mem-{devs[0].name}", mem, devs[0].size_mib, sizes,
-            step_wait_s=params.get_numeric("bgsnap_virtio_mem_step_wait", 3, float),
-            settle_timeout_s=params.get_numeric("bgsnap_virtio_mem_settle_timeout", 90, float))
+            step_wait_s=_number(params, "bgsnap_virtio_mem_step_wait", 3, float),
+            settle_timeout_s=_seconds(params, "bgsnap_virtio_mem_settle_timeout", 90))
     return balloon, vmem, _host_mm(params, names, mem, timeout, dup_mib)
 
 
-def _positive(params, key: str, default, kind=int, minimum=1):
-    value = kind(params.get_numeric(key, default, kind))
-    if value < minimum:
-        raise SettingsError(f"{key} = {value}: expected >= {minimum}")
+def _number(params, key: str, default, kind=int, low=0, high=None, strict=False, note=""):
+    """params[key] as ``kind`` in ``low..high`` (``strict``: above ``low``);
+    the message names the param, the value and what is expected."""
+    raw = params.get(key, default)
+    wanted = (f"{low}..{high}" if high is not None else
+              f"> {low}" if strict else f">= {low}") + note
+    try:
+        value = kind(raw)
+    except (TypeError, ValueError, OverflowError):
+        value = None
+    if value is None or (kind is float and not math.isfinite(value)):
+        noun = "an integer" if kind is int else "a number"
+        raise SettingsError(f"{key} = {raw!r}: expected {noun} {wanted}")
+    if value < low or (strict and value == low) or (high is not None and value > high):
+        raise SettingsError(f"{key} = {raw}: expected {wanted}")
     return value
+
+
+def _seconds(params, key: str, default) -> float:
+    """A timeout: seconds, above 0."""
+    return _number(params, key, default, float, 0, strict=True, note=" (seconds)")
+
+
+def _gate(params, key: str) -> float:
+    """A threshold of cfg; 0 (the default) disables it."""
+    return _number(params, key, 0, float, note=" (0 = no gate)")
+
+
+def _positive(params, key: str, default, kind=int, minimum=1):
+    return _number(params, key, default, kind, minimum)
 
 
 def _host_mm(params, names, mem: int, timeout: float, dup_mib: int = 0
@@ -200,9 +235,7 @@ def _host_mm(params, names, mem: int, timeout: float, dup_mib: int = 0
         if dupwrite and not dup_mib:
             raise SettingsError("bgsnap_ksm_dupwrite = yes writes the workload's duplicate "
                                 "region: needs bgsnap_dup_mib > 0")
-        merged_pct = _positive(params, "bgsnap_ksm_dup_merged_pct", 50, int, 1)
-        if merged_pct > 100:
-            raise SettingsError(f"bgsnap_ksm_dup_merged_pct = {merged_pct}: expected 1..100")
+        merged_pct = _number(params, "bgsnap_ksm_dup_merged_pct", 50, int, 1, 100)
         ksm = mm_actions.KsmSettings(mem, _positive(params, "bgsnap_ksm_pages_to_scan", 10000),
                                   _positive(params, "bgsnap_ksm_sleep_ms", 10, int, 0), loop_s,
                                   dupwrite=dupwrite, dup_merged_pct=merged_pct)
@@ -215,64 +248,73 @@ def _host_mm(params, names, mem: int, timeout: float, dup_mib: int = 0
     return mm_actions.HostMMSettings(pageout, compact, collapse, ksm, numa)
 
 
+def _workload(params, mem: int) -> WorkloadSpec:
+    """The guest workload's params, each checked by name (WorkloadSpec checks
+    them again, by field)."""
+    wl_mib = _number(params, "bgsnap_workload_mib", mem * 3 // 4, int, 1, MAX_MEM_MIB)
+    if wl_mib >= mem:
+        raise SettingsError(f"bgsnap_workload_mib = {wl_mib} must be below mem = {mem}")
+    dup_mib = _number(params, "bgsnap_dup_mib", 0, note=" (0 = none)")
+    if dup_mib and wl_mib + dup_mib >= mem:
+        raise SettingsError(f"bgsnap_workload_mib + bgsnap_dup_mib = {wl_mib} + {dup_mib} "
+                            f"must be below mem = {mem}")
+    return WorkloadSpec(
+        mib=wl_mib,
+        seed=_number(params, "bgsnap_seed", 1, int, 0, SEED_MAX),
+        nonce=random.SystemRandom().getrandbits(63),
+        writers=_number(params, "bgsnap_writers", 1, int, 1, MAX_WRITERS),
+        pattern=_choice(params, "bgsnap_pattern", "random", PATTERNS),
+        hot_pct=_number(params, "bgsnap_hot_pct", 10, int, 1, 100, note=" (%)"),
+        rate_mib_s=_number(params, "bgsnap_rate_mib_s", 0, note=" (0 = unlimited)"),
+        latency=params.get_boolean("bgsnap_latency", True),
+        dup_mib=dup_mib,
+    )
+
+
+def _snapshot_dir(params) -> Path | None:
+    """bgsnap_snapshot_dir, absolute (preflight.check_inputs() checks that
+    it is a writable directory)."""
+    value = params.get("bgsnap_snapshot_dir") or None
+    if value is not None and not value.startswith("/"):
+        raise SettingsError(f"bgsnap_snapshot_dir = {value!r}: expected an absolute path "
+                            f"(empty: the test's workdir)")
+    return Path(value) if value else None
+
+
 def from_params(params) -> BgsnapSettings:
     """Read and validate every param the suite uses, once."""
     try:
-        mem = int(params.get_numeric("mem", 1024))
-        wl_mib = int(params.get_numeric("bgsnap_workload_mib", mem * 3 // 4))
-        if wl_mib >= mem:
-            raise SettingsError(f"bgsnap_workload_mib = {wl_mib} must be below mem = {mem}")
-        dup_mib = int(params.get_numeric("bgsnap_dup_mib", 0))
-        if dup_mib < 0:
-            raise SettingsError(f"bgsnap_dup_mib = {dup_mib}: expected >= 0 (0 = none)")
-        if dup_mib and wl_mib + dup_mib >= mem:
-            raise SettingsError(f"bgsnap_workload_mib + bgsnap_dup_mib = {wl_mib} + {dup_mib} "
-                                f"must be below mem = {mem}")
-        seed = int(params.get_numeric("bgsnap_seed", 1))
-        workload = WorkloadSpec(
-            mib=wl_mib,
-            seed=seed,
-            nonce=random.SystemRandom().getrandbits(63),
-            writers=int(params.get_numeric("bgsnap_writers", 1)),
-            pattern=params.get("bgsnap_pattern", "random"),
-            hot_pct=int(params.get_numeric("bgsnap_hot_pct", 10)),
-            rate_mib_s=int(params.get_numeric("bgsnap_rate_mib_s", 0)),
-            latency=params.get_boolean("bgsnap_latency", True),
-            dup_mib=dup_mib,
-        )
-        snapshot_dir = params.get("bgsnap_snapshot_dir") or None
+        mem = _number(params, "mem", 1024, int, 1, MAX_MEM_MIB, note=" MiB (at most 1 TiB)")
+        workload = _workload(params, mem)
         negative = _choice(params, "bgsnap_negative_control", "none", NEGATIVE_CONTROLS)
         mode = _choice(params, "bgsnap_mode", "background", MODES)
         transport = _transport(params, negative, workload.nonce)
         if mode == "snapshot_save":
             _check_internal(transport, negative)
         memory, restore_memory, restore = _memory(params)
-        balloon, vmem, host_mm_cfg = _during(params, mode, mem, memory, dup_mib)
-        bandwidth = int(params.get_numeric("bgsnap_max_bandwidth_mib_s", 0))
-        if bandwidth < 0:
-            raise SettingsError(f"bgsnap_max_bandwidth_mib_s = {bandwidth}: expected >= 0 "
-                                f"(0 = no cap)")
+        balloon, vmem, host_mm_cfg = _during(params, mode, mem, memory, workload.dup_mib)
         return BgsnapSettings(
             accel=_choice(params, "bgsnap_accel", "auto", ACCELERATORS),
-            kvm_probe_timeout_s=params.get_numeric("bgsnap_kvm_probe_timeout", 20, float),
+            kvm_probe_timeout_s=_seconds(params, "bgsnap_kvm_probe_timeout", 20),
             guest_mem_mib=mem,
             workload=workload,
-            fill_timeout_s=params.get_numeric("bgsnap_fill_timeout", 300, float),
-            snapshot_timeout_s=params.get_numeric("bgsnap_snapshot_timeout", 600, float),
-            restore_timeout_s=params.get_numeric("bgsnap_restore_timeout", 600, float),
-            verify_timeout_s=params.get_numeric("bgsnap_verify_timeout", 300, float),
-            max_pause_ms=params.get_numeric("max_pause_ms", 0, float),
-            max_total_s=params.get_numeric("max_total_s", 0, float),
-            max_stall_ms=params.get_numeric("max_stall_ms", 0, float),
+            fill_timeout_s=_seconds(params, "bgsnap_fill_timeout", 300),
+            snapshot_timeout_s=_seconds(params, "bgsnap_snapshot_timeout", 600),
+            restore_timeout_s=_seconds(params, "bgsnap_restore_timeout", 600),
+            verify_timeout_s=_seconds(params, "bgsnap_verify_timeout", 300),
+            max_pause_ms=_gate(params, "max_pause_ms"),
+            max_total_s=_gate(params, "max_total_s"),
+            max_stall_ms=_gate(params, "max_stall_ms"),
             negative_control=negative,
-            late_image_delay_s=params.get_numeric("bgsnap_late_image_delay", 2, float),
+            late_image_delay_s=_number(params, "bgsnap_late_image_delay", 2, float),
             transport=transport,
             mode=mode,
-            max_bandwidth_mib_s=bandwidth,
+            max_bandwidth_mib_s=_number(params, "bgsnap_max_bandwidth_mib_s", 0,
+                                        note=" (0 = no cap)"),
             qemu_build=params.get("bgsnap_qemu_build", "system"),
-            repetition=int(params.get_numeric("bgsnap_repetition", 1)),
+            repetition=_number(params, "bgsnap_repetition", 1, int, 1),
             keep_snapshot=params.get_boolean("bgsnap_keep_snapshot", False),
-            snapshot_dir=Path(snapshot_dir) if snapshot_dir else None,
+            snapshot_dir=_snapshot_dir(params),
             memory=memory,
             restore_params=restore,
             restore_memory=restore_memory,
