@@ -13,6 +13,8 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from virttest import remote, virt_vm
+
 from . import internal_snapshot, snapshot, verifier, vt_compat
 from .during import DuringSaveRun, SaveContext
 from .host.memory import process_memory, rss_kib
@@ -20,6 +22,7 @@ from .memory.predict import Expectation, Judgement, judge
 from .metrics import Metrics
 from .qmp import UNLIMITED_BANDWIDTH, QMPStepError, SnapshotQMP
 from .settings import RUNNING_MODES, BgsnapSettings
+from .verdicts import GuestWedged, ImageNotRestorable
 from .workload import WINDOW_AFTER, WINDOW_BEFORE, WINDOW_DURING, GuestWorkload
 from .wlproto import VerifyResult
 
@@ -236,30 +239,52 @@ class SnapshotCycle:
                                     self.log, self.restore_params)
 
     def restore_and_verify(self) -> None:
+        """Restore the image into a second QEMU, verify it on the host and in
+        the guest.  An image that does not load, or a restored guest that
+        never answers, is a :class:`~avocado_bgsnap.verdicts.Defect` (FAIL)."""
+        with self._restored() as (clone, qmp):
+            self._verify_restored(clone, qmp)
+
+    @contextlib.contextmanager
+    def _restored(self):
         self.record.start("restore")
-        with self._restored_vm() as (clone, qmp):
-            self.record.stop("restore")
-            self.record.start("dump")
-            snapshot.create_private(self.dump_path)  # QEMU keeps its mode: 0600
-            qmp.dump_guest_memory(str(self.dump_path), timeout=self.cfg.verify_timeout_s)
-            self.record.stop("dump")
-            self.record.start("host_verify")
-            self.host_verify = verifier.verify_dump(self.wl_binary, self.dump_path,
-                                                    self.cfg.workload, self.cfg.verify_timeout_s)
-            self.record.stop("host_verify")
-            self.record.set("host_verify", self.host_verify.summary())
-            self.record.set("restored_steps", self.host_verify.committed)
-            self.log("restored RAM (host check): %s" % self.host_verify.summary())
-            with contextlib.suppress(FileNotFoundError):
-                self.dump_path.unlink()
-            if not self.host_verify.clean and self.cfg.negative_control == "none":
-                # its memory is known bad: the guest may not even run
-                self.record.set("guest_verify", "skipped: restored RAM already BAD")
-                return
-            self._run_restored(qmp)
-            self.guest_verify = self._verify_in_guest(clone)
-            self.record.set("guest_verify", self.guest_verify.summary())
-            self.log("restored guest (self check): %s" % self.guest_verify.summary())
+        restoring = True
+        try:
+            with self._restored_vm() as (clone, qmp):
+                restoring = False
+                self.record.stop("restore")
+                yield clone, qmp
+        except (QMPStepError, virt_vm.VMCreateError) as exc:
+            # the clone has the source's configuration, which booted: what
+            # it cannot take is the image
+            if not restoring:
+                raise
+            self.record.set("restore_error", str(exc))
+            raise ImageNotRestorable(f"QEMU did not restore {self.image_path.name}, an image "
+                                     f"it reported completed: {exc}") from exc
+
+    def _verify_restored(self, clone, qmp: SnapshotQMP) -> None:
+        self.record.start("dump")
+        snapshot.create_private(self.dump_path)  # QEMU keeps its mode: 0600
+        qmp.dump_guest_memory(str(self.dump_path), timeout=self.cfg.verify_timeout_s)
+        self.record.stop("dump")
+        self.record.start("host_verify")
+        self.host_verify = verifier.verify_dump(self.wl_binary, self.dump_path,
+                                                self.cfg.workload, self.cfg.verify_timeout_s)
+        self.record.stop("host_verify")
+        self.record.set("host_verify", self.host_verify.summary())
+        self.record.set("restored_steps", self.host_verify.committed)
+        self.log("restored RAM (host check): %s" % self.host_verify.summary())
+        with contextlib.suppress(FileNotFoundError):
+            self.dump_path.unlink()
+        if not self.host_verify.clean and self.cfg.negative_control == "none":
+            # its memory is known bad: the guest may not even run
+            self.record.set("guest_verify", "skipped: restored RAM already BAD")
+            return
+        self._run_restored(qmp)
+        self.guest_verify = self._verify_in_guest(clone)
+        self.record.set("guest_verify", self.guest_verify.summary())
+        self.log("restored guest (self check): %s" % self.guest_verify.summary())
 
     def _run_restored(self, qmp: SnapshotQMP) -> None:
         """Let the restored guest run: 'cont' a paused one, wake a suspended
@@ -274,7 +299,12 @@ class SnapshotCycle:
             self.log("restored guest was suspended: system_wakeup")
 
     def _verify_in_guest(self, clone) -> VerifyResult:
-        session = vt_compat.serial_login(clone, RESTORED_LOGIN_TIMEOUT)
+        try:
+            session = vt_compat.serial_login(clone, RESTORED_LOGIN_TIMEOUT)
+        except remote.LoginError as exc:
+            raise GuestWedged(f"the restored guest does not answer on its console within "
+                              f"{RESTORED_LOGIN_TIMEOUT}s (run state "
+                              f"{self.record.get('restored_status')})") from exc
         try:
             workload = GuestWorkload(session, self.cfg.workload, self.log)
             workload.freeze()

@@ -181,6 +181,30 @@ class SnapshotQMP:
                 raise QMPStepError(f"no {name} event within {timeout:.0f}s", name)
             time.sleep(poll_s)
 
+    def wait_resume(self, timeout: float, poll_s: float = 0.02) -> dict:
+        """The RESUME event of a running save; a save that ends first
+        (failed, cancelled) raises MigrationFailed then, not at ``timeout``."""
+        deadline = time.monotonic() + timeout
+        next_query = 0.0
+        while True:
+            for event in self.events():
+                if event.get("event") == "RESUME":
+                    return event
+            now = time.monotonic()
+            if now >= next_query:
+                info = self.query_migrate()
+                if info.get("status") in ("failed", "cancelled"):
+                    raise MigrationFailed(
+                        f"migration {info['status']} before the guest resumed: "
+                        f"{info.get('error-desc', 'no error-desc')}", "query-migrate", info)
+                next_query = now + 0.1
+            if now > deadline:
+                raise QMPStepError(f"no RESUME event within {timeout:.0f}s", "RESUME")
+            time.sleep(poll_s)
+
+    def migrate_cancel(self) -> None:
+        self._cmd("migrate_cancel")
+
     def migrate_incoming(self, uri: str) -> None:
         self._cmd("migrate-incoming", {"uri": uri})
 

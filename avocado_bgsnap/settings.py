@@ -9,7 +9,9 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import bad_image
 from . import transport as transports
+from .during import faults
 from .during import host_mm as mm_actions
 from .during.devices import BalloonSettings, VirtioMemSettings
 from .memory import config as memory_config
@@ -327,3 +329,22 @@ def from_params(params) -> BgsnapSettings:
         if isinstance(exc, SettingsError):
             raise
         raise SettingsError(f"invalid bgsnap cfg: {exc}") from exc
+
+
+def fault_from_params(params) -> "faults.FaultSettings":
+    """The fault of a ``bgsnap_fault`` test (during/faults.py)."""
+    name = _choice(params, "bgsnap_fault", "cancel", faults.FAULTS)
+    delay = params.get_numeric("bgsnap_fault_delay", 1.0, float)
+    if not 0 <= delay <= 60:
+        raise SettingsError(f"bgsnap_fault_delay = {delay}: expected 0..60 (seconds after "
+                            f"RESUME)")
+    return faults.FaultSettings(name, delay)
+
+
+def bad_image_from_params(params) -> "bad_image.BadImageSettings":
+    """The bad image of a ``bgsnap_bad_image`` test (bad_image.py)."""
+    kind = _choice(params, "bgsnap_bad_image", "truncated", bad_image.KINDS)
+    bound = params.get_numeric("bgsnap_bad_image_bound", 60, float)
+    if not 1 <= bound <= 3600:
+        raise SettingsError(f"bgsnap_bad_image_bound = {bound}: expected 1..3600 seconds")
+    return bad_image.BadImageSettings(kind, bound)

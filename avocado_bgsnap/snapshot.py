@@ -73,19 +73,25 @@ def written_atomically(path: Path):
 
 def take_background_snapshot(qmp: SnapshotQMP, transport: Transport, path: Path, timeout: float,
                              log: Callable[[str], None] = lambda m: None,
-                             on_resume: Callable[[], None] | None = None) -> SnapshotResult:
+                             on_resume: Callable[[], None] | None = None,
+                             on_started: Callable[[], None] | None = None) -> SnapshotResult:
     """Snapshot the running VM behind ``qmp`` into ``path`` via ``transport``.
 
-    ``on_resume`` is called as soon as QEMU's RESUME event is seen (the guest
-    runs again, the RAM is still being saved).
+    ``on_started`` is called as soon as the ``migrate`` command returned
+    (QEMU is still setting up; the guest may be about to stop);
+    ``on_resume`` as soon as QEMU's RESUME event is seen (the guest runs
+    again, the RAM is still being saved).  A save that ends before its
+    RESUME raises :class:`MigrationFailed` at once, not after ``timeout``.
     """
     qmp.enable_background_snapshot(transport.capabilities)
     qmp.clear_events()
     started = time.monotonic()
     with written_atomically(path) as partial:
         qmp.migrate(transport.save_uri(partial))
+        if on_started is not None:
+            on_started()
         if on_resume is not None:
-            qmp.wait_event("RESUME", timeout)
+            qmp.wait_resume(timeout)
             try:
                 on_resume()
             except Exception as exc:
@@ -205,7 +211,7 @@ def paused_clone(vm, extra_params: str = "", param_overrides: dict | None = None
 def raise_if_exited(clone, what: str, exc: Exception) -> None:
     """A QMP step of a restore failed: when the restoring QEMU is gone, say
     so with the last of its output (QEMU prints why it could not load)."""
-    if _exits_soon(clone):
+    if exits_soon(clone):
         output = clone.process.get_output() if clone.process else ""
         raise MigrationFailed(f"{what} failed, the restoring QEMU exited: "
                               + " ".join(output.split())[-500:]) from exc
@@ -214,9 +220,11 @@ def raise_if_exited(clone, what: str, exc: Exception) -> None:
 @contextlib.contextmanager
 def restored_vm(vm, transport: Transport, path: Path, timeout: float,
                 log: Callable[[str], None] = lambda m: None,
-                param_overrides: dict | None = None):
+                param_overrides: dict | None = None,
+                on_created: Callable[[object], None] | None = None):
     """A second QEMU restored from the migration stream in ``path``, paused
-    (see :func:`paused_clone`); yields (clone, qmp)."""
+    (see :func:`paused_clone`); yields (clone, qmp).  ``on_created(clone)``
+    runs once the clone's QEMU is up and loading, before the wait."""
     uri = transport.restore_uri(path)
     if transport.restore_is_exec:
         clone_cm = paused_clone(vm, param_overrides=param_overrides, migration_mode="exec",
@@ -232,6 +240,8 @@ def restored_vm(vm, transport: Transport, path: Path, timeout: float,
                 if transport.capabilities:
                     qmp.set_capabilities({c: True for c in transport.capabilities})
                 qmp.migrate_incoming(uri)
+            if on_created is not None:
+                on_created(clone)
             qmp.wait_migration(timeout)
         except QMPStepError as exc:
             raise_if_exited(clone, "restore", exc)
@@ -241,7 +251,7 @@ def restored_vm(vm, transport: Transport, path: Path, timeout: float,
         yield clone, qmp
 
 
-def _exits_soon(vm, within_s: float = 3.0) -> bool:
+def exits_soon(vm, within_s: float = 3.0) -> bool:
     """True when ``vm``'s QEMU is gone or goes within ``within_s`` (a QMP
     error often arrives just before the process is reaped)."""
     deadline = time.monotonic() + within_s

@@ -72,8 +72,8 @@ class GuestWorkload:
     def committed(self, timeout: float | None = None) -> list[int]:
         return [int(s) for s in self.status(timeout)["committed"]]
 
-    def mark(self, window: int) -> dict:
-        return self._ctl("mark", window)
+    def mark(self, window: int, timeout: float | None = None) -> dict:
+        return self._ctl("mark", window, timeout=timeout)
 
     def freeze(self) -> list[int]:
         return [int(s) for s in self._ctl("freeze")["committed"]]

@@ -55,6 +55,12 @@ class DuringSave:
     def before_trigger(self, ctx: SaveContext) -> None:
         """Just before the snapshot starts (e.g. read a baseline)."""
 
+    def at_trigger(self, ctx: SaveContext) -> dict | None:
+        """Right after the ``migrate`` command returned, before RESUME (QEMU
+        may still be setting up); return what was done, or None to act
+        only after RESUME."""
+        return None
+
     def act(self, ctx: SaveContext) -> dict:
         """Do it now, while the RAM streams; return what was done."""
         raise NotImplementedError
@@ -88,19 +94,37 @@ class DuringSaveRun:
         for action in self.actions:
             action.before_trigger(ctx)
 
-    def act(self, ctx: SaveContext) -> None:
+    def at_trigger(self, ctx: SaveContext) -> None:
+        """The actions that act right after the trigger (see
+        :meth:`DuringSave.at_trigger`); they are not called again after RESUME."""
         for action in self.actions:
-            before = ctx.migration_status()
-            started = time.monotonic()
-            done = action.act(ctx)
-            after = ctx.migration_status()
-            record = {"action": action.name, "status_before": before, "status_after": after,
-                      "took_s": round(time.monotonic() - started, 3), **done}
-            self.log(f"during the save: {action.name}: {done} (save {before} -> {after})")
-            self.records.append(record)
+            self._run(action, ctx, action.at_trigger, moment="trigger")
+
+    def act(self, ctx: SaveContext) -> None:
+        done = {r["action"] for r in self.records}
+        for action in self.actions:
+            if action.name not in done:
+                self._run(action, ctx, action.act, moment="resume")
+
+    def _run(self, action: DuringSave, ctx: SaveContext, step, moment: str) -> None:
+        before = ctx.migration_status()
+        started = time.monotonic()
+        done = step(ctx)
+        if done is None:
+            return
+        after = ctx.migration_status()
+        record = {"action": action.name, "moment": moment, "status_before": before,
+                  "status_after": after, "took_s": round(time.monotonic() - started, 3), **done}
+        self.log(f"during the save ({moment}): {action.name}: {done} (save {before} -> {after})")
+        self.records.append(record)
+
+    def _pairs(self):
+        """(action, its record) for the actions that acted, in order."""
+        by_name = {a.name: a for a in self.actions}
+        return [(by_name[r["action"]], r) for r in self.records]
 
     def settle(self, ctx: SaveContext) -> None:
-        for action, record in zip(self.actions, self.records):
+        for action, record in self._pairs():
             record["after_save"] = action.settle(ctx)
 
     def missed(self) -> list[str]:
@@ -108,10 +132,9 @@ class DuringSaveRun:
         late = [f"{r['action']}: the save was already '{r['status_before']}' when it started"
                 for r in self.records if r["status_before"] not in STREAMING]
         idle = [f"{r['action']}: nothing happened: {why}"
-                for action, r in zip(self.actions, self.records)
+                for action, r in self._pairs()
                 if r["status_before"] in STREAMING and (why := action.nothing_happened(r))]
         return late + idle
 
     def errors(self) -> list[str]:
-        return [f"{r['action']}: {e}" for action, r in zip(self.actions, self.records)
-                for e in action.errors(r)]
+        return [f"{r['action']}: {e}" for action, r in self._pairs() for e in action.errors(r)]

@@ -31,7 +31,7 @@ from pathlib import Path
 from virttest import error_context
 
 from avocado_bgsnap import metrics as bg_metrics
-from avocado_bgsnap import preflight, settings
+from avocado_bgsnap import preflight, settings, verdicts
 from avocado_bgsnap.cycle import SnapshotCycle
 from avocado_bgsnap.during import DuringSaveRun, host_mm
 from avocado_bgsnap.during.devices import configured
@@ -54,7 +54,8 @@ def run(test, params, env):
         with host_setup.prepared(cfg.memory, cfg.restore_memory, cfg.restore_params,
                                  cfg.host_thp, params, test.log.info) as memory, \
                 host_mm.prepared(cfg.host_mm, test.log.info) as host_events:
-            _run_cycle(test, params, env, cfg, facts, memory, host_events)
+            with verdicts.judged(test):
+                _run_cycle(test, params, env, cfg, facts, memory, host_events)
     except host_mm.HostMMUnavailable as exc:
         test.cancel(f"not tested on this host: {exc}")
     except HostMemoryUnavailable as exc:

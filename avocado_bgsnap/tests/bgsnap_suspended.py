@@ -16,14 +16,15 @@
 import time
 from pathlib import Path
 
-from virttest import error_context, remote
+from virttest import error_context
 
 from avocado_bgsnap import metrics as bg_metrics
-from avocado_bgsnap import preflight, settings, suspend
+from avocado_bgsnap import preflight, settings, suspend, verdicts
 from avocado_bgsnap.cycle import SnapshotCycle
 from avocado_bgsnap.host.memory import thp_defrag, thp_mode
 from avocado_bgsnap.memory.predict import expect_suspended_preserved
 from avocado_bgsnap.qmp import SnapshotQMP
+from avocado_bgsnap.verdicts import GuestWedged
 
 
 @error_context.context_aware
@@ -44,6 +45,13 @@ def run(test, params, env):
     cycle = SnapshotCycle(vm, cfg, record, Path(test.workdir), Path(params["bgsnap_wl_binary"]),
                           test.log.info)
     failures = []
+    with verdicts.judged(test):
+        _run(test, params, cfg, vm, cycle, record, preserved, failures)
+    if failures:
+        test.fail("; ".join(failures))
+
+
+def _run(test, params, cfg, vm, cycle, record, preserved, failures):
     try:
         error_context.context("Boot, fill, hold the writers, suspend", test.log.info)
         boot_started = time.monotonic()
@@ -65,17 +73,12 @@ def run(test, params, env):
         error_context.context("Restore, verify, wake the restored guest", test.log.info)
         try:
             cycle.restore_and_verify()
-        except remote.LoginError as exc:
-            # an image that restores to a guest which never answers is a
-            # defect of the save (seen on 7.2 after it woke the guest)
-            failures.append(f"the restored guest does not answer on its console (run state "
-                            f"{record.get('restored_status')} after cont/system_wakeup): "
-                            f"{type(exc).__name__}")
+        except GuestWedged as exc:
+            # seen on 7.2 after it woke the guest; reported with the rest
+            failures.append(str(exc))
         failures += [f for f in [cycle.verdict()] if f]
         record.set("verdict", "; ".join(failures) or "pass")
     finally:
         cycle.cleanup()
         path = record.write(test, Path(test.outputdir))
         test.log.info("Metrics: %s (%s)", bg_metrics.summary_line(record.as_dict()), path)
-    if failures:
-        test.fail("; ".join(failures))
