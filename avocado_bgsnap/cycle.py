@@ -84,11 +84,15 @@ class SnapshotCycle:
                        "keep_snapshot": cfg.keep_snapshot})
 
     # -- 2 ------------------------------------------------------------------
-    def boot_and_fill(self, boot_started: float) -> None:
-        """Log into the booted guest, start the workload, wait for the fill."""
+    def log_in(self, boot_started: float) -> None:
+        """Log into the booted guest's serial shell (no workload yet)."""
         self.session = vt_compat.serial_login(self.vm, LOGIN_TIMEOUT)
         self.record.set("boot_s", round(time.monotonic() - boot_started, 3))
         self.log("guest shell after %.1fs" % self.record.get("boot_s"))
+
+    def boot_and_fill(self, boot_started: float) -> None:
+        """Log into the booted guest, start the workload, wait for the fill."""
+        self.log_in(boot_started)
         self.workload = GuestWorkload(self.session, self.cfg.workload, self.log)
         self.record.start("fill")
         self.workload.start()
@@ -103,6 +107,16 @@ class SnapshotCycle:
         self.steps_before = self.steps_after_resume = self.workload.freeze()
         self.held = True
         self.record.set("workload_held_at", self.steps_before)
+
+    def new_round(self) -> None:
+        """Forget the last snapshot's steps and verify results: the next
+        snapshot of the same guest starts clean (a soak; the record keeps
+        the last round's figures until the next round sets them)."""
+        self.image_path = self.snapshot_path
+        self.steps_before, self.steps_after_resume, self.steps_completed = [], [], []
+        self.host_verify = self.guest_verify = self.source_verify = None
+        self.damaged_offset = None
+        self.triggered_at = 0.0
 
     # -- 3 ------------------------------------------------------------------
     def offer_background_snapshot(self, expected: Expectation) -> Judgement:
@@ -245,6 +259,30 @@ class SnapshotCycle:
         with self._restored() as (clone, qmp):
             self._verify_restored(clone, qmp)
 
+    def restore_and_check(self, check_ram: Callable[[Path], None] | None,
+                          check_guest: Callable[[object, float], None]) -> None:
+        """Restore the image; for a guest without the workload.  ``check_ram``
+        gets the RAM dump of the paused restored guest; ``check_guest`` the
+        console session of the resumed one and the host's monotonic time just
+        before its ``cont``.  Not restorable, or not answering: a Defect."""
+        with self._restored() as (clone, qmp):
+            if check_ram is not None:
+                self.record.start("dump")
+                snapshot.create_private(self.dump_path)
+                qmp.dump_guest_memory(str(self.dump_path), timeout=self.cfg.verify_timeout_s)
+                self.record.stop("dump")
+                try:
+                    check_ram(self.dump_path)
+                finally:
+                    self.dump_path.unlink(missing_ok=True)
+            resumed_at = time.monotonic()
+            self._run_restored(qmp)
+            session = self._login_restored(clone)
+            try:
+                check_guest(session, resumed_at)
+            finally:
+                session.close()
+
     @contextlib.contextmanager
     def _restored(self):
         self.record.start("restore")
@@ -290,6 +328,7 @@ class SnapshotCycle:
         """Let the restored guest run: 'cont' a paused one, wake a suspended
         one (QEMU 9.0+ restores a suspended guest suspended)."""
         status = qmp.status()
+        self.record.set("restored_status_at_load", status)
         if status != "suspended":
             qmp.cont()
             status = qmp.status()
@@ -298,13 +337,16 @@ class SnapshotCycle:
             qmp.system_wakeup()
             self.log("restored guest was suspended: system_wakeup")
 
-    def _verify_in_guest(self, clone) -> VerifyResult:
+    def _login_restored(self, clone):
         try:
-            session = vt_compat.serial_login(clone, RESTORED_LOGIN_TIMEOUT)
+            return vt_compat.serial_login(clone, RESTORED_LOGIN_TIMEOUT)
         except remote.LoginError as exc:
             raise GuestWedged(f"the restored guest does not answer on its console within "
                               f"{RESTORED_LOGIN_TIMEOUT}s (run state "
                               f"{self.record.get('restored_status')})") from exc
+
+    def _verify_in_guest(self, clone) -> VerifyResult:
+        session = self._login_restored(clone)
         try:
             workload = GuestWorkload(session, self.cfg.workload, self.log)
             workload.freeze()

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import bad_image
+from . import guest_states
 from . import transport as transports
 from .during import faults
 from .during import host_mm as mm_actions
@@ -348,3 +349,13 @@ def bad_image_from_params(params) -> "bad_image.BadImageSettings":
     if not 1 <= bound <= 3600:
         raise SettingsError(f"bgsnap_bad_image_bound = {bound}: expected 1..3600 seconds")
     return bad_image.BadImageSettings(kind, bound)
+
+
+def guest_state_from_params(params) -> "guest_states.StateSettings":
+    """The knobs of the guest-state tests (guest_states.py)."""
+    mem = _number(params, "mem", 1024, int, 1, MAX_MEM_MIB)
+    return guest_states.StateSettings(
+        soak_rounds=_number(params, "bgsnap_soak_count", 5, int, 1, 1000,
+                            note=" (back-to-back snapshots)"),
+        idle_file_mib=_number(params, "bgsnap_idle_file_mib", 16, int, 1, max(1, mem // 4),
+                              note=f" MiB (at most a quarter of mem = {mem})"))
