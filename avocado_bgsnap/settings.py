@@ -9,7 +9,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import bad_image
+from . import bad_image, capabilities
 from . import guest_states
 from . import transport as transports
 from .during import faults
@@ -359,3 +359,10 @@ def guest_state_from_params(params) -> "guest_states.StateSettings":
                             note=" (back-to-back snapshots)"),
         idle_file_mib=_number(params, "bgsnap_idle_file_mib", 16, int, 1, max(1, mem // 4),
                               note=f" MiB (at most a quarter of mem = {mem})"))
+
+
+def capability_from_params(params) -> str:
+    """The migration capability of a ``bgsnap_capability`` test
+    (capabilities.py): one QEMU refuses next to background-snapshot
+    (qmp.INCOMPATIBLE_WITH_BACKGROUND), or a control it accepts."""
+    return _choice(params, "bgsnap_capability", "", capabilities.TESTED)
