@@ -108,10 +108,11 @@ def attempt_restore(vm, transport: Transport, path: Path, bound_s: float,
                               time.monotonic() - started)
     except (QMPStepError, virt_vm.VMError) as exc:
         took = time.monotonic() - started
-        text = " ".join(str(exc).split())
+        output = getattr(exc, "output", None)
+        text = snapshot.qemu_said(output) if output else " ".join(str(exc).split())[-600:]
         if "still '" in text and f"after {bound_s:.0f}s" in text:
-            return RestoreEnd("hang", text[-600:], took)
-        return RestoreEnd("refused", text[-600:], took)
+            return RestoreEnd("hang", text, took)
+        return RestoreEnd("refused", text, took)
 
 
 def _killer(after_s: float, log: Callable[[str], None]):

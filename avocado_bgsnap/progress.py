@@ -44,10 +44,11 @@ def _line_fit(samples: list[tuple[float, float]]) -> tuple[float, float] | None:
 class EtaModel:
     """Predict the run time of planned tests from the finished ones."""
 
-    def __init__(self, plan: list[Planned]):
+    def __init__(self, plan: list[Planned], parallel: int = 1):
         self.plan = list(plan)
         self.names = {p.name for p in self.plan}
         self.done: dict[str, float] = {}
+        self.parallel = max(1, int(parallel))   # avocado's --max-parallel-tasks
 
     def finished(self, name: str, seconds: float) -> None:
         self.done[name] = seconds
@@ -78,7 +79,12 @@ class EtaModel:
         predictions = [self.predict(p) for p in self.remaining()]
         if any(p is None for p in predictions):
             return None
-        return sum(predictions)
+        if not predictions:
+            return 0.0
+        # N tests at a time: the work spread over the slots, never less
+        # than the longest test left
+        slots = min(self.parallel, len(predictions))
+        return max(sum(predictions) / slots, max(predictions))
 
 
 def fmt_duration(seconds: float | None) -> str:
@@ -113,6 +119,16 @@ def planned_from_params(name: str, params: dict) -> Planned | None:
     return Planned(name, str(params.get("bgsnap_mode", "background")), mem)
 
 
+def _parallel_tasks(job) -> int:
+    config = getattr(job, "config", None) or {}
+    for key in ("run.max_parallel_tasks", "nrunner.max_parallel_tasks"):
+        try:
+            return max(1, int(config.get(key) or 1))
+        except (TypeError, ValueError):
+            continue
+    return 1
+
+
 def _runnables(job):
     for suite in getattr(job, "test_suites", None) or []:
         for runnable in getattr(suite, "tests", None) or []:
@@ -142,7 +158,7 @@ class BgsnapProgress(ResultEvents):
             planned = planned_from_params(getattr(runnable, "uri", "") or "", kwargs)
             if planned is not None:
                 plan.append(planned)
-        self.model = EtaModel(plan) if len(plan) >= MIN_TESTS else None
+        self.model = EtaModel(plan, _parallel_tasks(job)) if len(plan) >= MIN_TESTS else None
         self.started = time.monotonic()
 
     def start_test(self, result, state):

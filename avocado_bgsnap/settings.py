@@ -36,7 +36,7 @@ INTERNAL_NEGATIVE_CONTROLS = ("none", "damage_file")
 # The host THP mode a test runs under (keep: leave the host's as it is).
 HOST_THP_MODES = ("keep", "always", "madvise", "never")
 # What can happen while the RAM streams (during/): a name each.
-DURING_ACTIONS = ("balloon", "virtio_mem") + mm_actions.HOST_MM_ACTIONS
+DURING_ACTIONS = ("balloon", "virtio_mem", "second_migrate") + mm_actions.HOST_MM_ACTIONS
 # The largest guest the workload can address (1 TiB); the host's own memory
 # is checked in preflight.check_inputs().
 MAX_MEM_MIB = MAX_MIB
@@ -76,6 +76,7 @@ class BgsnapSettings:
     balloon: BalloonSettings | None = None        # bgsnap_during has 'balloon'
     virtio_mem: VirtioMemSettings | None = None   # bgsnap_during has 'virtio_mem'
     host_mm: mm_actions.HostMMSettings | None = None  # bgsnap_during has pageout, ksm, ...
+    second_migrate: bool = False    # bgsnap_during has 'second_migrate' (during/faults.py)
 
 
 def _choice(params, key: str, default: str, allowed: tuple) -> str:
@@ -325,6 +326,7 @@ def from_params(params) -> BgsnapSettings:
             balloon=balloon,
             virtio_mem=vmem,
             host_mm=host_mm_cfg,
+            second_migrate="second_migrate" in params.get("bgsnap_during", "").split(),
         )
     except (TypeError, ValueError) as exc:
         if isinstance(exc, SettingsError):

@@ -7,6 +7,7 @@ as a snapshot, and a failed save leaves nothing behind.
 
 import contextlib
 import os
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -201,7 +202,12 @@ def paused_clone(vm, extra_params: str = "", param_overrides: dict | None = None
     params["paused_after_start_vm"] = "yes"
     clone = vm.clone(params=params)
     try:
-        clone.create(**create_kwargs)
+        try:
+            clone.create(**create_kwargs)
+        except Exception as exc:  # VMCreateError, a monitor that hung up, ...
+            # a restoring QEMU that exits while it starts could not load
+            raise_if_exited(clone, "restore", exc)
+            raise
         yield clone
     finally:
         vt_compat.shutdown_bounded(clone)
@@ -214,7 +220,19 @@ def raise_if_exited(clone, what: str, exc: Exception) -> None:
     if exits_soon(clone):
         output = clone.process.get_output() if clone.process else ""
         raise MigrationFailed(f"{what} failed, the restoring QEMU exited: "
-                              + " ".join(output.split())[-500:]) from exc
+                              + qemu_said(output)) from exc
+
+
+QEMU_ERROR = re.compile(r"qemu-system-[\w-]+: (.+)")
+
+
+def qemu_said(output: str, limit: int = 500) -> str:
+    """QEMU's own error lines in a process output (``qemu-system-x86_64:
+    ...``), without the command line avocado-vt echoes before them; the
+    output's tail when it has none."""
+    said = [m.group(1).strip() for m in QEMU_ERROR.finditer(output or "")]
+    text = " | ".join(dict.fromkeys(said)) if said else " ".join((output or "").split())
+    return text[-limit:] if text else "no output"
 
 
 @contextlib.contextmanager

@@ -160,3 +160,63 @@ def shutdown_bounded(vm, timeout: float = 10.0) -> bool:
 # --- 7. setuptools < 81 ------------------------------------------------------------
 # avocado 113 imports pkg_resources, removed in setuptools 82 (81 warns): the
 # pin lives in setup.py's install_requires, nothing to do at run time.
+
+
+# --- 8. A dead test process leaves the job waiting ------------------------------------
+# avocado-vt's runner (avocado_vt/plugins/vt_runner.py) waits for the test's
+# result on a multiprocessing queue without checking that the test process is
+# alive: a test killed mid-save (SIGKILL, OOM) leaves the task "running" for
+# its 24 h default timeout, and its QEMUs (under aexpect's server) run on.
+# guarded() starts avocado_bgsnap.guardian beside the test; when the test
+# process dies without saying "done", the guardian reaps what it left, posts
+# an ERROR for it to avocado's status server and stops the runner.  Remove it
+# when the runner watches its child (then keep only the reaping, e.g. in the
+# job's leftover check).
+
+
+def guarded(run):
+    """Decorator for a test module's ``run(test, params, env)``."""
+    import functools
+    import subprocess
+    import sys
+    import uuid
+
+    from . import guardian
+
+    @functools.wraps(run)
+    def wrapper(test, params, env):
+        marker = uuid.uuid4().hex
+        os.environ[guardian.TEST_ENV] = marker        # the test's QEMUs inherit it
+        runner_pid = os.getppid()
+        try:
+            cmdline = Path(f"/proc/{runner_pid}/cmdline").read_bytes().decode().split("\0")
+        except OSError:
+            cmdline = []
+        job = os.environ.get("BGSNAP_JOB_ID")    # leftovers.JOB_ENV
+        me = os.getpid()
+        before_run = (guardian.started_since(f"BGSNAP_JOB_ID={job}", guardian.start_time(me),
+                                             exclude=frozenset({me})) if job else [])
+        watch = guardian.Watch(
+            test_pid=me, runner_pid=runner_pid, marker=marker,
+            output_dir=Path(test.logdir),
+            snapshot_dir=Path(params.get("bgsnap_snapshot_dir") or test.workdir),
+            before_run=before_run, **guardian.runner_args(cmdline))
+        read_end, write_end = os.pipe()
+        env_clean = {k: v for k, v in os.environ.items() if k != guardian.TEST_ENV}
+        watcher = subprocess.Popen(
+            [sys.executable, "-m", "avocado_bgsnap.guardian", *watch.to_argv()],
+            stdin=read_end, start_new_session=True, env=env_clean,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        os.close(read_end)
+        try:
+            return run(test, params, env)
+        finally:
+            with contextlib.suppress(OSError):
+                os.write(write_end, guardian.DONE)
+            os.close(write_end)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                watcher.wait(timeout=5)
+            os.environ.pop(guardian.TEST_ENV, None)
+
+    wrapper.bgsnap_guarded = True
+    return wrapper

@@ -20,10 +20,11 @@ from dataclasses import dataclass
 from ..qmp import QMPStepError
 from . import DuringSave, SaveContext
 
-FAULTS = ("cancel", "cancel_at_start", "kill_source", "target_fails")
+FAULTS = ("cancel", "cancel_at_start", "kill_source", "target_fails", "kill_test")
 # how each fault's save must end: a final migration state, or the source gone
 EXPECTED_END = {"cancel": "cancelled", "cancel_at_start": "cancelled",
-                "kill_source": "source killed", "target_fails": "failed"}
+                "kill_source": "source killed", "target_fails": "failed",
+                "kill_test": "never: the test process is gone"}
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,23 @@ class KillSource(DuringSave):
         return {"delay_s": self.delay_s, "pid": pid, "status_at_kill": status}
 
 
+class KillTest(DuringSave):
+    """SIGKILL the test's own process ``delay_s`` after RESUME: what the
+    job does when a test dies mid-save (its QEMUs live on: they run under
+    aexpect's server, not as the test's children)."""
+
+    name = "kill_test"
+
+    def __init__(self, delay_s: float = 0.0):
+        self.delay_s = delay_s
+
+    def act(self, ctx: SaveContext) -> dict:
+        time.sleep(self.delay_s)
+        ctx.log(f"killing the test process (pid {os.getpid()}) mid-save")
+        os.kill(os.getpid(), signal.SIGKILL)
+        return {}
+
+
 class SecondMigrate(DuringSave):
     """A second ``migrate`` while the snapshot streams: QEMU must refuse it
     and go on with the first."""
@@ -115,4 +133,12 @@ def fault_action(cfg: FaultSettings) -> list[DuringSave]:
         return [CancelSave(at_start=True)]
     if cfg.name == "kill_source":
         return [KillSource(cfg.delay_s)]
+    if cfg.name == "kill_test":
+        return [KillTest(cfg.delay_s)]
     return []
+
+
+def configured(second_migrate: bool) -> list[DuringSave]:
+    """The actions of this module a ``bgsnap_basic`` test asks for
+    (``bgsnap_during = second_migrate``): the save then completes."""
+    return [SecondMigrate()] if second_migrate else []

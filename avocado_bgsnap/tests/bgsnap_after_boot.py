@@ -26,7 +26,7 @@ from pathlib import Path
 
 from virttest import error_context
 
-from avocado_bgsnap import guest_states, preflight, settings, snapshot, verdicts
+from avocado_bgsnap import guest_states, preflight, settings, snapshot, verdicts, vt_compat
 from avocado_bgsnap import metrics as bg_metrics
 from avocado_bgsnap.cycle import SnapshotCycle
 from avocado_bgsnap.host.memory import rss_kib
@@ -34,6 +34,7 @@ from avocado_bgsnap.qmp import SnapshotQMP
 from avocado_bgsnap.workload import GuestWorkload
 
 
+@vt_compat.guarded
 @error_context.context_aware
 def run(test, params, env):
     cfg = settings.from_params(params)

@@ -31,14 +31,15 @@ from pathlib import Path
 from virttest import error_context
 
 from avocado_bgsnap import metrics as bg_metrics
-from avocado_bgsnap import preflight, settings, verdicts
+from avocado_bgsnap import preflight, settings, verdicts, vt_compat
 from avocado_bgsnap.cycle import SnapshotCycle
-from avocado_bgsnap.during import DuringSaveRun, host_mm
+from avocado_bgsnap.during import DuringSaveRun, faults, host_mm
 from avocado_bgsnap.during.devices import configured
 from avocado_bgsnap.host.memory import HostMemoryUnavailable
 from avocado_bgsnap.memory import host_setup, predict
 
 
+@vt_compat.guarded
 @error_context.context_aware
 def run(test, params, env):
     cfg = settings.from_params(params)
@@ -72,8 +73,8 @@ def _run_cycle(test, params, env, cfg, facts, memory, host_events):
                    "restore_memory": memory.restore_memory.to_dict(),
                    "host_mm": host_events.host})
     vm = env.get_vm(params["main_vm"])
-    during = DuringSaveRun(configured(cfg.balloon, cfg.virtio_mem) + host_events.actions,
-                           test.log.info)
+    during = DuringSaveRun(configured(cfg.balloon, cfg.virtio_mem) + host_events.actions
+                           + faults.configured(cfg.second_migrate), test.log.info)
     cycle = SnapshotCycle(vm, cfg, record, Path(test.workdir), Path(params["bgsnap_wl_binary"]),
                           test.log.info, during, memory.restore_params)
     failure = None

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from virttest import error_context
 
-from avocado_bgsnap import failed_save, preflight, settings, transport, verdicts
+from avocado_bgsnap import failed_save, preflight, settings, transport, verdicts, vt_compat
 from avocado_bgsnap import metrics as bg_metrics
 from avocado_bgsnap.cycle import SnapshotCycle
 from avocado_bgsnap.during import DuringSaveRun
@@ -31,6 +31,7 @@ from avocado_bgsnap.during.faults import fault_action
 GONE_WITHIN_S = 10
 
 
+@vt_compat.guarded
 @error_context.context_aware
 def run(test, params, env):
     cfg = settings.from_params(params)

@@ -20,12 +20,13 @@ from pathlib import Path
 
 from virttest import error_context
 
-from avocado_bgsnap import guest_states, preflight, settings, verdicts
+from avocado_bgsnap import guest_states, preflight, settings, verdicts, vt_compat
 from avocado_bgsnap import metrics as bg_metrics
 from avocado_bgsnap.cycle import SnapshotCycle
 from avocado_bgsnap.qmp import SnapshotQMP
 
 
+@vt_compat.guarded
 @error_context.context_aware
 def run(test, params, env):
     cfg = settings.from_params(params)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from virttest import error_context
 
-from avocado_bgsnap import guest_states, preflight, settings, verdicts
+from avocado_bgsnap import guest_states, preflight, settings, verdicts, vt_compat
 from avocado_bgsnap import metrics as bg_metrics
 from avocado_bgsnap.cycle import SnapshotCycle
 
@@ -25,6 +25,7 @@ from avocado_bgsnap.cycle import SnapshotCycle
 ROUND_KEYS = ("pause_ms", "snapshot_total_s", "host_verify", "guest_verify", "point_in_time")
 
 
+@vt_compat.guarded
 @error_context.context_aware
 def run(test, params, env):
     cfg = settings.from_params(params)

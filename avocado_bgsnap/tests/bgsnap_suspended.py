@@ -19,7 +19,7 @@ from pathlib import Path
 from virttest import error_context
 
 from avocado_bgsnap import metrics as bg_metrics
-from avocado_bgsnap import preflight, settings, suspend, verdicts
+from avocado_bgsnap import preflight, settings, suspend, verdicts, vt_compat
 from avocado_bgsnap.cycle import SnapshotCycle
 from avocado_bgsnap.host.memory import thp_defrag, thp_mode
 from avocado_bgsnap.memory.predict import expect_suspended_preserved
@@ -27,6 +27,7 @@ from avocado_bgsnap.qmp import SnapshotQMP
 from avocado_bgsnap.verdicts import GuestWedged
 
 
+@vt_compat.guarded
 @error_context.context_aware
 def run(test, params, env):
     cfg = settings.from_params(params)

@@ -16,10 +16,11 @@ from pathlib import Path
 
 from virttest import error_context
 
-from avocado_bgsnap import uffdcheck
+from avocado_bgsnap import uffdcheck, vt_compat
 from avocado_bgsnap.host.memory import HostMemoryError
 
 
+@vt_compat.guarded
 @error_context.context_aware
 def run(test, params, env):
     options = uffdcheck.CheckOptions(

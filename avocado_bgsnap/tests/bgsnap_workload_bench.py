@@ -24,6 +24,7 @@ from avocado_bgsnap.cycle import LOGIN_TIMEOUT
 from avocado_bgsnap.workload import GuestWorkload
 
 
+@vt_compat.guarded
 @error_context.context_aware
 def run(test, params, env):
     cfg = settings.from_params(params)

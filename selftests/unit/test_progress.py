@@ -71,3 +71,15 @@ def test_planned_from_cartesian_params():
                                            (3 * 3600 + 7 * 60, "3h07m")])
 def test_durations(seconds, text):
     assert fmt_duration(seconds) == text
+
+
+def test_parallel_tasks_share_the_remaining_time_but_not_below_the_longest():
+    serial, parallel = EtaModel(plan()), EtaModel(plan(), parallel=2)
+    for model in (serial, parallel):
+        model.finished("scale.background.256.r1", 60.0)
+    left = serial.eta_s()
+    assert parallel.eta_s() == max(left / 2, max(serial.predict(p) for p in serial.remaining()))
+    assert parallel.eta_s() < left
+    one_left = EtaModel(plan()[:2], parallel=4)
+    one_left.finished(plan()[0].name, 60.0)
+    assert one_left.eta_s() == one_left.predict(one_left.remaining()[0])
