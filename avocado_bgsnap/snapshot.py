@@ -218,7 +218,9 @@ def raise_if_exited(clone, what: str, exc: Exception) -> None:
     """A QMP step of a restore failed: when the restoring QEMU is gone, say
     so with the last of its output (QEMU prints why it could not load)."""
     if exits_soon(clone):
-        output = clone.process.get_output() if clone.process else ""
+        # a VMCreateError carries QEMU's output; virttest has closed the process by then
+        output = getattr(exc, "output", None) or (clone.process.get_output()
+                                                  if clone.process else "")
         raise MigrationFailed(f"{what} failed, the restoring QEMU exited: "
                               + qemu_said(output)) from exc
 

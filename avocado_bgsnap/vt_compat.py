@@ -126,7 +126,8 @@ def serial_login(vm, timeout: float, attempt_s: float = 2.0):
         except remote.LoginError:
             if time.monotonic() > deadline:
                 raise
-            vm.verify_alive()
+            if vm.is_dead():  # not verify_alive(): it asks the monitor, 900 s bound
+                raise
 
 
 # --- 6. destroy() hangs on a wedged QEMU ------------------------------------------------
@@ -141,7 +142,9 @@ def serial_login(vm, timeout: float, attempt_s: float = 2.0):
 
 
 def shutdown_bounded(vm, timeout: float = 10.0) -> bool:
-    if not vm.is_alive():
+    # is_dead(), not is_alive(): is_alive() asks the monitor (query-status)
+    # with virttest's 900 s default timeout, unbounded for a hung QEMU
+    if vm.is_dead():
         return False
     with contextlib.suppress(Exception):  # a wedged QEMU may not even answer
         vm.monitor.cmd("quit", timeout=timeout, debug=False)

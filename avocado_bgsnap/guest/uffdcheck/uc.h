@@ -97,6 +97,8 @@ struct uffd {
 };
 
 int uffd_probe(uint64_t *features, char *how, size_t howlen, char *err, size_t errlen);
+/* 0, -1 (failed), or UFFD_OPEN_NOT_PERMITTED (EPERM: a privilege, not a defect) */
+#define UFFD_OPEN_NOT_PERMITTED (-2)
 int uffd_open(struct uffd *u, uint64_t features, char *err, size_t errlen);
 void uffd_close(struct uffd *u);
 int uffd_register_wp(struct uffd *u, uintptr_t addr, size_t len, char *err, size_t errlen);

@@ -53,7 +53,13 @@ static bool setup(struct setup *s, struct result *res, enum mem_type mt, size_t 
         region_fill(&s->r);
     }
     set_step("open userfaultfd");
-    if (uffd_open(&s->u, type_features(mt) | extra, s->err, sizeof s->err)) {
+    int opened = uffd_open(&s->u, type_features(mt) | extra, s->err, sizeof s->err);
+    if (opened == UFFD_OPEN_NOT_PERMITTED) {
+        res_unsupported(res, "%s: not permitted to this process (UFFD_FEATURE_EVENT_FORK "
+                        "needs CAP_SYS_PTRACE)", s->err);
+        return false;
+    }
+    if (opened) {
         res_fail(res, "%s", s->err);
         return false;
     }

@@ -78,11 +78,14 @@ int uffd_open(struct uffd *u, uint64_t features, char *err, size_t errlen)
     }
     struct uffdio_api api = {.api = UFFD_API, .features = features};
     if (ioctl(u->fd, UFFDIO_API, &api)) {
+        int e = errno;
         snprintf(err, errlen, "UFFDIO_API(features 0x%llx): %s", (unsigned long long)features,
-                 strerror(errno));
+                 strerror(e));
         close(u->fd);
         u->fd = -1;
-        return -1;
+        /* EPERM: a feature this process may not ask for (EVENT_FORK needs
+         * CAP_SYS_PTRACE), not a kernel defect */
+        return e == EPERM ? UFFD_OPEN_NOT_PERMITTED : -1;
     }
     u->features = api.features;
     return 0;
