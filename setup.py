@@ -34,7 +34,12 @@ setup(
         # its own report from it (docs/report.md)
         "avocado-framework-plugin-result-html==113.0",
     ],
-    extras_require={"test": ["pytest"]},
+    extras_require={
+        "test": ["pytest"],
+        # the CI profile's tmt plan reads avocado's tmt results (the
+        # 'tmt' result plugin's format needs tmt 1.29+; docs/ci.md)
+        "ci": ["tmt>=1.29"],
+    },
     entry_points={
         "avocado.plugins.settings": ["bgsnap-settings = avocado_bgsnap.plugin_settings:BgsnapSettings"],
         "avocado.plugins.init": ["bgsnap = avocado_bgsnap.plugin:BgsnapInit"],

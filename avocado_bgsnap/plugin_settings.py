@@ -11,7 +11,10 @@ is still being imported, so this file must not import it (plugin.py does).
 
 from avocado.core.plugin_interfaces import Settings
 
-from . import paths
+from . import paths, vt_compat
+
+# before avocado-vt's plugins import virttest.virsh (vt_compat workaround 9)
+vt_compat.quiet_startup()
 
 
 class BgsnapSettings(Settings):

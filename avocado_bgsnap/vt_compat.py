@@ -162,7 +162,8 @@ def shutdown_bounded(vm, timeout: float = 10.0) -> bool:
 
 # --- 7. setuptools < 81 ------------------------------------------------------------
 # avocado 113 imports pkg_resources, removed in setuptools 82 (81 warns): the
-# pin lives in setup.py's install_requires, nothing to do at run time.
+# pin lives in setup.py's install_requires; the warning of the setuptools
+# under the pin is workaround 9.
 
 
 # --- 8. A dead test process leaves the job waiting ------------------------------------
@@ -223,3 +224,52 @@ def guarded(run):
 
     wrapper.bgsnap_guarded = True
     return wrapper
+
+
+# --- 9. Two lines on every avocado command --------------------------------------------
+# * virttest/virsh.py logs "Virsh executable not set or found on path, virsh
+#   module will not function normally" to avocado.app when it is imported, and
+#   avocado-vt's plugins import it on every avocado command (list, run, ...),
+#   libvirt or not.  The suite drives QEMU itself and never uses virsh.
+# * setuptools 80.9 (under the < 81 pin: what a fresh venv gets, e.g. on
+#   Debian 13) warns "pkg_resources is deprecated as an API" as a UserWarning
+#   when avocado 113 (avocado/core/__init__.py) imports pkg_resources.
+# quiet_startup() drops exactly these two, nothing else.  Called by
+# plugin_settings.py, the suite's first plugin to load on every avocado
+# command, and at interpreter start by the venv's bgsnap-quiet.pth
+# (scripts/lib.sh), since avocado imports pkg_resources before any plugin.
+# Remove the virsh part when avocado-vt imports virsh only for libvirt tests,
+# the pkg_resources part (and the .pth) when avocado no longer imports
+# pkg_resources (the setuptools pin goes with it).
+
+VIRSH_NOTICE = "Virsh executable not set or found on path"
+PKG_RESOURCES_WARNING = "pkg_resources is deprecated as an API"
+STARTUP_PTH_NAME = "bgsnap-quiet.pth"
+# one line, run by Python's site module at start (a line starting with 'import')
+STARTUP_PTH_LINE = ("import sys; exec('try:\\n from avocado_bgsnap.vt_compat import quiet_startup"
+                    "\\n quiet_startup()\\nexcept ImportError:\\n pass')\n")
+
+
+def _drop_virsh_notice(record) -> bool:
+    return not str(record.msg).startswith(VIRSH_NOTICE)
+
+
+def quiet_startup() -> None:
+    """Filter the virsh notice and the pkg_resources warning; idempotent."""
+    import logging
+    import warnings
+
+    warnings.filterwarnings("ignore", message=PKG_RESOURCES_WARNING)
+    logger = logging.getLogger("avocado.app")
+    if _drop_virsh_notice not in logger.filters:
+        logger.addFilter(_drop_virsh_notice)
+
+
+def install_startup_pth() -> Path:
+    """Write bgsnap-quiet.pth into this interpreter's site-packages (the venv's)."""
+    import sysconfig
+
+    pth = Path(sysconfig.get_paths()["purelib"]) / STARTUP_PTH_NAME
+    if not pth.is_file() or pth.read_text() != STARTUP_PTH_LINE:
+        pth.write_text(STARTUP_PTH_LINE)
+    return pth

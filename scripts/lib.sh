@@ -42,9 +42,12 @@ ensure_venv() {
     fi
     if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
         say "installing avocado-bgsnap and its Python dependencies into $VENV"
-        "$VENV/bin/pip" install -q --disable-pip-version-check -e "$BGSNAP_SRC[test]"
+        "$VENV/bin/pip" install -q --disable-pip-version-check -e "$BGSNAP_SRC[test,ci]"
         echo "$want" > "$stamp"
     fi
+    # quiet start-up: the pkg_resources warning comes before any plugin
+    # loads (vt_compat.py, workaround 9)
+    "$VENV/bin/python" -c 'from avocado_bgsnap import vt_compat; vt_compat.install_startup_pth()'
     # shellcheck disable=SC1091
     . "$VENV/bin/activate"
 }
