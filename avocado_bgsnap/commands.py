@@ -9,7 +9,8 @@ from pathlib import Path
 
 from avocado.core.output import LOG_UI
 
-from . import host, metrics, paths, preflight, qemu_builds, uffdcheck, vt_compat, vtsetup
+from . import (host, metrics, paths, preflight, qemu_builds, qmp_trace, uffdcheck, vt_compat,
+               vtsetup)
 from .guest import build as guest_build
 from .host.memory import HostMemoryError
 
@@ -213,6 +214,48 @@ def validate_kernel(config) -> int:
     return EXIT_FAIL if failed or job_status not in (0, 1) else EXIT_OK
 
 
+def repro(config) -> int:
+    """Write a standalone reproducer for a failed test (docs/repro.md)."""
+    from . import repro as repro_plan
+
+    job = Path(_opt(config, "repro_job") or paths.results_dir() / "latest").resolve()
+    try:
+        results = json.loads((job / "results.json").read_text())
+        test = repro_plan.pick_test(results.get("tests", []), _opt(config, "repro_test"))
+        logdir = Path(test["logdir"])
+        debug_log = (logdir / "debug.log").read_text(errors="replace")
+        metrics_path = logdir / "data" / metrics.METRICS_FILE
+        plan = repro_plan.make_plan(
+            test["name"].split(":")[-1] if ":" in test["name"] else test["name"], debug_log,
+            qmp_trace.read(logdir / qmp_trace.TRACE_FILE),
+            json.loads(metrics_path.read_text()) if metrics_path.exists() else {},
+            test.get("fail_reason") or "")
+    except (OSError, ValueError, KeyError, repro_plan.ReproError) as exc:
+        LOG_UI.error("no reproducer: %s", exc)
+        return EXIT_FAIL
+    out = Path(_opt(config, "repro_output") or job / "bgsnap-repro" / _safe(plan["test"]))
+    out.mkdir(parents=True, exist_ok=True)
+    files = {"vmlinuz": plan["original_files"]["kernel"],
+             "initrd.img": plan["original_files"]["initrd"],
+             "bgsnap-wl": repro_plan.test_param(debug_log, "bgsnap_wl_binary")}
+    for name, source in files.items():
+        if not source or not Path(source).exists():
+            LOG_UI.error("no reproducer: the test's %s (%s) is gone", name, source)
+            return EXIT_FAIL
+        shutil.copy2(source, out / name)
+    script = out / "repro.py"
+    script.write_text(repro_plan.render(plan))
+    script.chmod(0o755)
+    LOG_UI.info("reproducer of %s (expects %s): %s", plan["test"], plan["expect"], script)
+    LOG_UI.info("with copies of %s", ", ".join(f"{k} ({v})" for k, v in files.items()))
+    LOG_UI.info("run: python3 %s   (exit 1: reproduced, 0: not, 2: incomplete)", script)
+    return EXIT_OK
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "._-" else "_" for c in name)
+
+
 def dispatch(subcommand: str | None, config) -> int:
     handlers = {
         "host-check": host_check,
@@ -225,6 +268,7 @@ def dispatch(subcommand: str | None, config) -> int:
         "qemu-remove": qemu_remove,
         "uffd-check": uffd_check,
         "validate-kernel": validate_kernel,
+        "repro": repro,
     }
     if subcommand not in handlers:
         LOG_UI.error("usage: avocado bgsnap {%s}", ",".join(handlers))

@@ -40,6 +40,11 @@ OPTIONS = (
      "(repeatable; default: uffd memory.backend hostmm)", "--tests"),
     # a long option without a leading '-' is a positional argument
     ("qemu_build", str, None, "Name of the build (see 'avocado bgsnap qemu-list')", "NAME"),
+    ("repro_job", str, None, "A job results directory (default: the latest job)", "JOB?"),
+    ("repro_test", str, None, "The test (name or part of it; default: the job's first "
+     "failed test)", "TEST?"),
+    ("repro_output", str, None, "Folder for the script and its files (default: "
+     "<job>/bgsnap-repro/<test>)", "--output"),
 )
 SUBCOMMANDS = {
     "host-check": ("Check QEMU, userfaultfd write-protect and the accelerator",
@@ -62,6 +67,8 @@ SUBCOMMANDS = {
     "validate-kernel": ("Run the kernel set (the self-check, the memory backends, the host's "
                         "memory management during the save) and print one verdict table "
                         "per kernel", ("kernel_refs",)),
+    "repro": ("Write a standalone reproducer (QEMU + Python 3 + bgsnap-wl) of a failed "
+              "test (docs/repro.md)", ("repro_job", "repro_test", "repro_output")),
 }
 
 
@@ -80,6 +87,9 @@ def _add_argument(sub, key, key_type, help_msg, long_arg):
         kind["metavar"] = long_arg.lstrip("-").upper().replace("-", "_")
     if long_arg.startswith("-"):
         sub.add_argument(long_arg, dest=f"{SECTION}.{key}", default=None, help=help_msg, **kind)
+    elif long_arg.endswith("?"):  # an optional positional argument
+        sub.add_argument(f"{SECTION}.{key}", metavar=long_arg[:-1], nargs="?", default=None,
+                         help=help_msg, **kind)
     else:
         sub.add_argument(f"{SECTION}.{key}", metavar=long_arg, help=help_msg, **kind)
 

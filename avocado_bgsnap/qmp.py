@@ -9,6 +9,8 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
+from . import qmp_trace
+
 # migrate-set-capabilities that background-snapshot refuses next to it
 # (qemu migration/options.c migrate_caps_check).
 INCOMPATIBLE_WITH_BACKGROUND = (
@@ -98,9 +100,12 @@ class SnapshotQMP:
     def _cmd(self, command: str, args: dict | None = None, timeout: float = 60,
              debug: bool = True):
         try:
-            return self.monitor.cmd(command, args, timeout=timeout, debug=debug)
+            reply = self.monitor.cmd(command, args, timeout=timeout, debug=debug)
         except Exception as exc:  # virttest raises QMPCmdError & co.
+            qmp_trace.record(self.monitor, command, args, error=str(exc))
             raise QMPStepError(f"{command} failed: {exc}", command, getattr(exc, "data", None)) from exc
+        qmp_trace.record(self.monitor, command, args, reply)
+        return reply
 
     def capabilities(self) -> dict[str, bool]:
         reply = self._cmd("query-migrate-capabilities")
