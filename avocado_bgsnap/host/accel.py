@@ -9,6 +9,7 @@ No work at import time.
 from __future__ import annotations
 
 import errno
+import fcntl
 import json
 import os
 import shutil
@@ -190,32 +191,61 @@ def _normalized(key: Mapping[str, Any]) -> str:
     return json.dumps(key, sort_keys=True, default=str)
 
 
-def load_cached_accel(cache_file: Path | str, key: Mapping[str, Any]) -> AccelChoice | None:
-    """The cached choice for exactly ``key``; None on a miss or an unreadable cache."""
+# Every probe outcome is kept, one entry per key (a QEMU build, a guest, a
+# host kernel, a timeout), the newest CACHE_ENTRIES: alternating builds or
+# guests in one job must not re-probe each time (a KVM probe that hangs
+# costs its whole timeout).
+CACHE_ENTRIES = 64
+
+
+def _entries(cache_file: Path) -> list[dict]:
+    """The cache's entries; a cache of the old one-entry format is one entry."""
     try:
         data = json.loads(Path(cache_file).read_text())
-        if _normalized(data["key"]) != _normalized(key):
-            return None
-        return AccelChoice.from_dict(data["choice"])
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return None
+    except (OSError, ValueError):
+        return []
+    if isinstance(data, dict) and isinstance(data.get("entries"), list):
+        return [e for e in data["entries"] if isinstance(e, dict)]
+    if isinstance(data, dict) and "key" in data:
+        return [data]
+    return []
+
+
+def load_cached_accel(cache_file: Path | str, key: Mapping[str, Any]) -> AccelChoice | None:
+    """The cached choice for exactly ``key``; None on a miss or an unreadable cache."""
+    wanted = _normalized(key)
+    for entry in _entries(Path(cache_file)):
+        try:
+            if _normalized(entry["key"]) == wanted:
+                return AccelChoice.from_dict(entry["choice"])
+        except (ValueError, KeyError, TypeError, AttributeError):
+            continue
+    return None
 
 
 def save_cached_accel(cache_file: Path | str, key: Mapping[str, Any], choice: AccelChoice) -> bool:
-    """Store ``choice`` for ``key`` atomically; False (logged) if the cache cannot be written."""
+    """Store ``choice`` for ``key`` beside the other keys' entries, atomically
+    (under a lock: tests of a parallel job probe at the same time); False
+    (logged) if the cache cannot be written."""
     cache_file = Path(cache_file)
-    data = {"key": json.loads(_normalized(key)), "choice": choice.to_dict(),
-            "saved_at": time.time()}
+    entry = {"key": json.loads(_normalized(key)), "choice": choice.to_dict(),
+             "saved_at": time.time()}
     tmp = None
     try:
         cache_file.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile("w", dir=cache_file.parent, prefix=cache_file.name + ".",
-                                         suffix=".tmp", delete=False) as handle:
-            tmp = handle.name
-            json.dump(data, handle, indent=2, sort_keys=True)
-            handle.write("\n")
-        os.replace(tmp, cache_file)
-        tmp = None
+        with open(cache_file.with_name(cache_file.name + ".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            wanted = _normalized(key)
+            kept = [e for e in _entries(cache_file)
+                    if _normalized(e.get("key")) != wanted][-(CACHE_ENTRIES - 1):]
+            with tempfile.NamedTemporaryFile("w", dir=cache_file.parent,
+                                             prefix=cache_file.name + ".", suffix=".tmp",
+                                             delete=False) as handle:
+                tmp = handle.name
+                json.dump({"entries": kept + [entry]}, handle, indent=2, sort_keys=True)
+                handle.write("\n")
+            os.replace(tmp, cache_file)
+            tmp = None
         return True
     except OSError as exc:
         LOG.warning("cannot write accelerator cache %s: %s", cache_file, exc)

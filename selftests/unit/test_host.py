@@ -322,7 +322,8 @@ def test_accel_cache_hit_miss_corrupt(tmp_path):
         "tcg", choice.reason, 20.01)
     assert host.load_cached_accel(cache, {**key, "host_kernel": "6.19"}) is None
     assert host.load_cached_accel(cache, {**key, "new": True}) is None
-    assert [p.name for p in cache.parent.iterdir()] == [cache.name]   # no temp left
+    assert sorted(p.name for p in cache.parent.iterdir()) == [   # no temp left
+        cache.name, cache.name + ".lock"]
     cache.write_text("{not json")
     assert host.load_cached_accel(cache, key) is None
     cache.write_text(json.dumps({"key": key, "choice": {"accel": "xen", "reason": ""}}))
@@ -538,3 +539,31 @@ def test_import_does_no_work():
     """)
     root = Path(host.__file__).resolve().parents[2]  # avocado_bgsnap/host/__init__.py
     subprocess.run([sys.executable, "-c", code], cwd=root, check=True)
+
+
+def test_accel_cache_keeps_every_key_and_reads_the_old_format(tmp_path):
+    cache = tmp_path / "accel-probe.json"
+    tcg = host.AccelChoice("tcg", "KVM probe: no boot marker within 20s")
+    kvm = host.AccelChoice("kvm", "KVM probe: booted")
+    a, b = {"qemu_binary": "/usr/bin/qemu-system-x86_64"}, {"qemu_binary": "/opt/q10/qemu"}
+    assert host.save_cached_accel(cache, a, tcg) and host.save_cached_accel(cache, b, kvm)
+    assert host.load_cached_accel(cache, a) == tcg     # b's probe did not evict a's
+    assert host.load_cached_accel(cache, b) == kvm
+    assert host.save_cached_accel(cache, a, kvm)       # a newer probe replaces its own entry
+    assert host.load_cached_accel(cache, a) == kvm
+    assert len(json.loads(cache.read_text())["entries"]) == 2
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps({"key": a, "choice": tcg.to_dict(), "saved_at": 1}))
+    assert host.load_cached_accel(old, a) == tcg
+
+
+def test_accel_cache_keeps_the_newest_entries(tmp_path, monkeypatch):
+    from avocado_bgsnap.host import accel
+
+    monkeypatch.setattr(accel, "CACHE_ENTRIES", 3)
+    cache = tmp_path / "accel-probe.json"
+    choice = host.AccelChoice("tcg", "r")
+    for n in range(5):
+        host.save_cached_accel(cache, {"n": n}, choice)
+    assert [host.load_cached_accel(cache, {"n": n}) is not None for n in range(5)] == [
+        False, False, True, True, True]
