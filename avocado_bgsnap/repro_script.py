@@ -254,7 +254,8 @@ def replay(qmp, steps, values, timeout, who):
                 return status, error
             continue
         shown = {"query-status": lambda r: r.get("status"),
-                 "query-migrate": lambda r: r.get("status")}.get(cmd, lambda r: "ok")(reply)
+                 "query-migrate": lambda r: r.get("status", "no migration yet")
+                 }.get(cmd, lambda r: "ok")(reply)
         say("%s qmp %s %s-> %s" % (who, cmd, json.dumps(args) + " " if args else "", shown))
     return status, error
 
