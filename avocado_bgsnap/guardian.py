@@ -130,17 +130,9 @@ def memory_files(directory: Path) -> list[Path]:
 
 def vt_sockets(texts: list[str]) -> list[Path]:
     """avocado-vt's sockets named in ``texts`` that still exist."""
-    from .leftovers import VT_TMP_PATH  # one pattern for both
-    import stat
+    from .leftovers import sockets_named_in  # the job's leftover check uses the same
 
-    found = []
-    for path in sorted({m.group(0) for t in texts for m in VT_TMP_PATH.finditer(t)}):
-        try:
-            if stat.S_ISSOCK(os.lstat(path).st_mode):
-                found.append(Path(path))
-        except OSError:
-            continue
-    return found
+    return [Path(p) for p in sockets_named_in(texts)]
 
 
 def aexpect_dirs(processes: dict[int, list[str]], proc_root: Path = Path("/proc")

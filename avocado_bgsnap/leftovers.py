@@ -185,6 +185,12 @@ def vt_sockets(job_dir: Path, argvs: Iterable[list[str]] = ()) -> list[str]:
             texts.append(log.read_text(errors="replace"))
         except OSError:
             pass
+    return sockets_named_in(texts)
+
+
+def sockets_named_in(texts: Iterable[str]) -> list[str]:
+    """avocado-vt's sockets (paths under its ``avocado_XXXX`` tmp dir)
+    named in ``texts`` that still exist."""
     named = {m.group(0) for text in texts for m in VT_TMP_PATH.finditer(text)}
     sockets = []
     for path in sorted(named):

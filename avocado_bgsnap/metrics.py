@@ -58,6 +58,12 @@ class Metrics:
         path.write_text(json.dumps(self._data, indent=2, sort_keys=True, default=str) + "\n")
         return path
 
+    def write_logged(self, test) -> Path:
+        """:meth:`write` into the test's output dir, and log the summary line."""
+        path = self.write(test, Path(test.outputdir))
+        test.log.info("Metrics: %s (%s)", summary_line(self._data), path)
+        return path
+
 
 def summary_line(data: dict) -> str:
     """The one line a person reads first."""

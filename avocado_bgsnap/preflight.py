@@ -168,6 +168,17 @@ def check_inputs(params, cfg: BgsnapSettings, with_snapshot: bool = True) -> Non
     check_host_memory(cfg, with_snapshot)
 
 
+def admit(test, params, cfg, with_snapshot: bool = True) -> host.HostFacts:
+    """:func:`check_test_host` for a running test: an unfit host cancels it
+    with the reason; a fit one's accelerator goes into the VM's params."""
+    try:
+        facts = check_test_host(params, cfg, with_snapshot)
+    except HostUnsupported as exc:
+        test.cancel(str(exc))
+    params["vm_accelerator"] = facts.accel.accel
+    return facts
+
+
 def check_test_host(params, cfg, with_snapshot: bool = True) -> host.HostFacts:
     """:func:`check_inputs`, then :func:`check_host` for a test: its QEMU,
     kernel and initrd params and its settings (``with_snapshot``: also the

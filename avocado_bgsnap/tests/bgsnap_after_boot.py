@@ -38,11 +38,7 @@ from avocado_bgsnap.workload import GuestWorkload
 @error_context.context_aware
 def run(test, params, env):
     cfg = settings.from_params(params)
-    try:
-        facts = preflight.check_test_host(params, cfg)
-    except preflight.HostUnsupported as exc:
-        test.cancel(str(exc))
-    params["vm_accelerator"] = facts.accel.accel
+    facts = preflight.admit(test, params, cfg)
     record = bg_metrics.Metrics()
     record.update({"host": facts.to_dict(), "accel": facts.accel.accel,
                    "guest_state": "after_boot"})
@@ -56,8 +52,7 @@ def run(test, params, env):
     finally:
         cycle.cleanup()
         record.set("verdict", "; ".join(failures) or "pass")
-        path = record.write(test, Path(test.outputdir))
-        test.log.info("Metrics: %s (%s)", bg_metrics.summary_line(record.as_dict()), path)
+        record.write_logged(test)
     if failures:
         test.fail("; ".join(failures))
 

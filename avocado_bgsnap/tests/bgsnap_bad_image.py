@@ -31,11 +31,7 @@ def run(test, params, env):
     cfg = settings.from_params(params)
     bad_cfg = settings.bad_image_from_params(params)
     kind, bound_s = bad_cfg.kind, bad_cfg.bound_s
-    try:
-        facts = preflight.check_test_host(params, cfg)
-    except preflight.HostUnsupported as exc:
-        test.cancel(str(exc))
-    params["vm_accelerator"] = facts.accel.accel
+    facts = preflight.admit(test, params, cfg)
     record = bg_metrics.Metrics()
     record.update({"host": facts.to_dict(), "accel": facts.accel.accel, "bad_image": kind,
                    "bound_s": bound_s})
@@ -49,8 +45,7 @@ def run(test, params, env):
     finally:
         bad.unlink(missing_ok=True)
         cycle.cleanup()
-        path = record.write(test, Path(test.outputdir))
-        test.log.info("Metrics: %s (%s)", bg_metrics.summary_line(record.as_dict()), path)
+        record.write_logged(test)
     record_end = end.to_dict()
     test.log.info("restore of the %s image: %s", kind, record_end)
     wanted = "loaded" if kind == "good" else "refused"

@@ -44,12 +44,8 @@ from avocado_bgsnap.memory import host_setup, predict
 def run(test, params, env):
     cfg = settings.from_params(params)
     error_context.context("Check the host", test.log.info)
-    try:
-        facts = preflight.check_test_host(params, cfg)
-    except preflight.HostUnsupported as exc:
-        test.cancel(str(exc))
+    facts = preflight.admit(test, params, cfg)
     test.log.info("Host: %s", facts.summary())
-    params["vm_accelerator"] = facts.accel.accel
 
     try:
         with host_setup.prepared(cfg.memory, cfg.restore_memory, cfg.restore_params,
@@ -113,7 +109,6 @@ def _run_cycle(test, params, env, cfg, facts, memory, host_events):
         failure = cycle.verdict()
     finally:
         cycle.cleanup()
-        path = record.write(test, Path(test.outputdir))
-        test.log.info("Metrics: %s (%s)", bg_metrics.summary_line(record.as_dict()), path)
+        record.write_logged(test)
     if failure:
         test.fail(failure)

@@ -32,11 +32,7 @@ from avocado_bgsnap.qmp import QMPStepError, SnapshotQMP
 def run(test, params, env):
     cfg = settings.from_params(params)
     name = settings.capability_from_params(params)
-    try:
-        facts = preflight.check_test_host(params, cfg)
-    except preflight.HostUnsupported as exc:
-        test.cancel(str(exc))
-    params["vm_accelerator"] = facts.accel.accel
+    facts = preflight.admit(test, params, cfg)
     record = bg_metrics.Metrics()
     record.update({"host": facts.to_dict(), "accel": facts.accel.accel, "capability": name})
     vm = env.get_vm(params["main_vm"])

@@ -36,11 +36,7 @@ GONE_WITHIN_S = 10
 def run(test, params, env):
     cfg = settings.from_params(params)
     fault = settings.fault_from_params(params)
-    try:
-        facts = preflight.check_test_host(params, cfg)
-    except preflight.HostUnsupported as exc:
-        test.cancel(str(exc))
-    params["vm_accelerator"] = facts.accel.accel
+    facts = preflight.admit(test, params, cfg)
     record = bg_metrics.Metrics()
     record.update({"host": facts.to_dict(), "accel": facts.accel.accel, "fault": fault.name,
                    "fault_expected_end": fault.expected_end})
@@ -55,8 +51,7 @@ def run(test, params, env):
             failure = _run(test, params, cfg, fault, vm, cycle, record)
     finally:
         cycle.cleanup()
-        path = record.write(test, Path(test.outputdir))
-        test.log.info("Metrics: %s (%s)", bg_metrics.summary_line(record.as_dict()), path)
+        record.write_logged(test)
     if failure:
         test.fail(failure)
 

@@ -36,11 +36,7 @@ from avocado_bgsnap.qmp import SnapshotQMP
 def run(test, params, env):
     cfg = settings.from_params(params)
     state = settings.guest_state_from_params(params)
-    try:
-        facts = preflight.check_test_host(params, cfg)
-    except preflight.HostUnsupported as exc:
-        test.cancel(str(exc))
-    params["vm_accelerator"] = facts.accel.accel
+    facts = preflight.admit(test, params, cfg)
     record = bg_metrics.Metrics()
     record.update({"host": facts.to_dict(), "accel": facts.accel.accel, "guest_state": "idle",
                    "idle_file_mib": state.idle_file_mib})
@@ -54,8 +50,7 @@ def run(test, params, env):
     finally:
         cycle.cleanup()
         record.set("verdict", "; ".join(failures) or "pass")
-        path = record.write(test, Path(test.outputdir))
-        test.log.info("Metrics: %s (%s)", bg_metrics.summary_line(record.as_dict()), path)
+        record.write_logged(test)
     if failures:
         test.fail("; ".join(failures))
 

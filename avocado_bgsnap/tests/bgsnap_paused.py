@@ -30,11 +30,7 @@ from avocado_bgsnap.qmp import SnapshotQMP
 @error_context.context_aware
 def run(test, params, env):
     cfg = settings.from_params(params)
-    try:
-        facts = preflight.check_test_host(params, cfg)
-    except preflight.HostUnsupported as exc:
-        test.cancel(str(exc))
-    params["vm_accelerator"] = facts.accel.accel
+    facts = preflight.admit(test, params, cfg)
     record = bg_metrics.Metrics()
     preserved = guest_states.expect_paused_preserved(facts.qemu.version)
     record.update({"host": facts.to_dict(), "accel": facts.accel.accel, "guest_state": "paused",
@@ -49,8 +45,7 @@ def run(test, params, env):
     finally:
         cycle.cleanup()
         record.set("verdict", "; ".join(failures) or record.get("verdict"))
-        path = record.write(test, Path(test.outputdir))
-        test.log.info("Metrics: %s (%s)", bg_metrics.summary_line(record.as_dict()), path)
+        record.write_logged(test)
     if failures:
         test.fail("; ".join(failures))
 

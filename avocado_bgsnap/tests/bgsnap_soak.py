@@ -30,11 +30,7 @@ ROUND_KEYS = ("pause_ms", "snapshot_total_s", "host_verify", "guest_verify", "po
 def run(test, params, env):
     cfg = settings.from_params(params)
     rounds = settings.guest_state_from_params(params).soak_rounds
-    try:
-        facts = preflight.check_test_host(params, cfg)
-    except preflight.HostUnsupported as exc:
-        test.cancel(str(exc))
-    params["vm_accelerator"] = facts.accel.accel
+    facts = preflight.admit(test, params, cfg)
     record = bg_metrics.Metrics()
     record.update({"host": facts.to_dict(), "accel": facts.accel.accel, "guest_state": "soak",
                    "soak_rounds": rounds})

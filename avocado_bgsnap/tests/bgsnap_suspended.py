@@ -31,11 +31,7 @@ from avocado_bgsnap.verdicts import GuestWedged
 @error_context.context_aware
 def run(test, params, env):
     cfg = settings.from_params(params)
-    try:
-        facts = preflight.check_test_host(params, cfg)
-    except preflight.HostUnsupported as exc:
-        test.cancel(str(exc))
-    params["vm_accelerator"] = facts.accel.accel
+    facts = preflight.admit(test, params, cfg)
     preserved = expect_suspended_preserved(facts.qemu.version)
     record = bg_metrics.Metrics()
     record.update({"host": facts.to_dict(), "accel": facts.accel.accel, "guest_state": "S3",
@@ -81,5 +77,4 @@ def _run(test, params, cfg, vm, cycle, record, preserved, failures):
         record.set("verdict", "; ".join(failures) or "pass")
     finally:
         cycle.cleanup()
-        path = record.write(test, Path(test.outputdir))
-        test.log.info("Metrics: %s (%s)", bg_metrics.summary_line(record.as_dict()), path)
+        record.write_logged(test)

@@ -31,11 +31,7 @@ def run(test, params, env):
     repeats = int(params.get_numeric("bgsnap_bench_repeats", 3))
     seconds = params.get_numeric("bgsnap_bench_seconds", 5, float)
     error_context.context("Check the host", test.log.info)
-    try:
-        facts = preflight.check_test_host(params, cfg, with_snapshot=False)
-    except preflight.HostUnsupported as exc:
-        test.cancel(str(exc))
-    params["vm_accelerator"] = facts.accel.accel
+    facts = preflight.admit(test, params, cfg, with_snapshot=False)
     record = bg_metrics.Metrics()
     record.update({"host": facts.to_dict(), "accel": facts.accel.accel, "load_before":
                    os.getloadavg(), "guest_mem_mib": cfg.guest_mem_mib, "workload_mib":
