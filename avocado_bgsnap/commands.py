@@ -89,7 +89,9 @@ def report(config) -> int:
     jobs = _opt(config, "report_jobs") or [str(paths.results_dir() / "latest")]
     try:
         result = report_build.make_report(jobs, _opt(config, "report_compare") or (),
-                                          _opt(config, "report_output"))
+                                          _opt(config, "report_output"),
+                                          by=_opt(config, "report_by"),
+                                          sides=_opt(config, "report_sides") or ())
     except ReportError as exc:
         LOG_UI.error("%s", exc)
         return EXIT_FAIL

@@ -29,6 +29,10 @@ OPTIONS = (
      "against (repeatable)", "--compare"),
     ("report_output", str, None, "Report folder (default: <first --job>/bgsnap-report)",
      "--output"),
+    ("report_by", str, None, "Compare sides of a fleet: host, kernel, qemu, cpu or accel "
+     "(default: host when the jobs come from more than one host)", "--by"),
+    ("report_sides", list, None, "With --by: side A, then side B (repeatable; default: the "
+     "first side against every other)", "--side"),
     ("qemu_backports", bool, False, "Debian 12: fetch QEMU from bookworm-backports and unpack "
      "it into BGSNAP_HOME/qemu (nothing is installed)", "--backports"),
     ("qemu_dir", str, None, "A QEMU build folder: unpacked Debian packages (usr/bin/...), an "
@@ -55,8 +59,10 @@ SUBCOMMANDS = {
               ("qemu_binary", "kernel")),
     "summary": ("Print each test's figures of a job (default: the latest job)",
                 ("job",)),
-    "report": ("Tables and plots of the true pause per mode, RAM and QEMU build; A/B verdict "
-               "with --compare", ("report_jobs", "report_compare", "report_output")),
+    "report": ("Tables and plots of the true pause per mode, RAM, QEMU build and host; A/B "
+               "verdict with --compare, or between hosts/kernels with --by (docs/fleet.md)",
+               ("report_jobs", "report_compare", "report_output", "report_by",
+                "report_sides")),
     "qemu-add": ("Add a side-by-side QEMU build (--backports or --dir PATH): its tests are "
                  "named <build>.bgsnap...", ("qemu_backports", "qemu_dir", "qemu_name")),
     "qemu-list": ("List the QEMU builds the suite tests", ()),

@@ -29,6 +29,15 @@ def parse_meminfo_total(text: str) -> int | None:
     return None
 
 
+def parse_cpu_model(text: str) -> str:
+    """The first ``model name`` of /proc/cpuinfo ("" when absent, e.g. on s390x)."""
+    for line in text.splitlines():
+        key, sep, value = line.partition(":")
+        if sep and key.strip() == "model name":
+            return " ".join(value.split())
+    return ""
+
+
 @dataclass(frozen=True)
 class HostFacts:
     """What this host offers a background snapshot."""
@@ -39,6 +48,8 @@ class HostFacts:
     kernel_release: str
     cpu_count: int
     mem_total_kib: int | None
+    hostname: str = ""          # what a fleet report groups by (os.uname().nodename)
+    cpu_model: str = ""         # /proc/cpuinfo "model name" of the first CPU
 
     def problems(self) -> list[str]:
         """Missing prerequisites, each a message that says what to do."""
@@ -74,6 +85,8 @@ class HostFacts:
             "kernel_release": self.kernel_release,
             "cpu_count": self.cpu_count,
             "mem_total_kib": self.mem_total_kib,
+            "hostname": self.hostname,
+            "cpu_model": self.cpu_model,
             "problems": self.problems(),
         }
 
@@ -106,8 +119,8 @@ class HostFacts:
             lines.append(f"accelerator:   {self.accel.accel} ({self.accel.reason}; probe "
                          f"{self.accel.probe_seconds:.1f}s)")
         mem = f"{self.mem_total_kib // 1024} MiB" if self.mem_total_kib else "unknown"
-        lines.append(f"host:          Linux {self.kernel_release}, {self.cpu_count} CPUs, "
-                     f"memory {mem}")
+        lines.append(f"host:          {self.hostname or '?'}: Linux {self.kernel_release}, "
+                     f"{self.cpu_count} CPUs ({self.cpu_model or 'model unknown'}), memory {mem}")
         problems = self.problems()
         lines.append("problems:      " + ("none" if not problems else problems[0]))
         lines.extend("               " + p for p in problems[1:])
@@ -121,4 +134,6 @@ def collect_facts(qemu: QemuInfo, uffd: UffdInfo, accel: AccelChoice | None) -> 
         kernel_release=os.uname().release,
         cpu_count=os.cpu_count() or 1,
         mem_total_kib=parse_meminfo_total(_read_text(Path("/proc/meminfo"))),
+        hostname=os.uname().nodename,
+        cpu_model=parse_cpu_model(_read_text(Path("/proc/cpuinfo"))),
     )

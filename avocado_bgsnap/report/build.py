@@ -12,7 +12,8 @@ from typing import Callable, Mapping, Sequence
 
 import json
 
-from . import collect, compare, kernel, memconfig, plots, render, shapes, stats, tables
+from . import (collect, compare, fleet, kernel, memconfig, plots, render, shapes, stats,
+               tables)
 from .figures import PAUSE, fmt, fmt_mib
 
 REPORT_DIR = "bgsnap-report"
@@ -76,20 +77,26 @@ def make_report(job_paths: Sequence[Path | str], compare_paths: Sequence[Path | 
                 output: Path | str | None = None,
                 statuses: Mapping[str, Mapping] | None = None,
                 min_effect: float = stats.DEFAULT_MIN_EFFECT,
-                alpha: float = stats.DEFAULT_ALPHA) -> ReportFiles:
+                alpha: float = stats.DEFAULT_ALPHA,
+                by: str | None = None, sides: Sequence[str] = ()) -> ReportFiles:
     """Write the report of ``job_paths``; with ``compare_paths``, A/B against them.
 
     ``compare_paths`` are the baseline (A), ``job_paths`` the candidate (B).
     Without them, several QEMU builds in the jobs are compared against the
-    system build (or the first).  Raises collect.ReportError when there is
-    nothing to report.
+    system build (or the first).  ``by`` (a host fact, fleet.SIDES) compares
+    sides of the fleet instead: ``sides`` = (A, B), (A,) against every other,
+    or none (the first against every other); the default when the records
+    name more than one host is ``by="host"``.  Raises collect.ReportError
+    when there is nothing to report.
     """
     jobs = collect.job_dirs(job_paths)
     points = collect.load_points(jobs, statuses)
     if not points:
         raise collect.ReportError("no %s under %s" % (
             collect.METRICS_FILE, ", ".join(str(j) for j in jobs)))
-    series = collect.group_series(points)
+    host_rows = fleet.host_rows(points) if fleet.is_fleet(points) else []
+    # a fleet's series, tables and plots are per (QEMU build, host)
+    series = collect.group_series(fleet.per_host(points) if host_rows else points)
     comparisons: list[compare.ABComparison] = []
     sources = [str(j) for j in jobs]
     if compare_paths:
@@ -99,6 +106,10 @@ def make_report(job_paths: Sequence[Path | str], compare_paths: Sequence[Path | 
             a_label=compare.jobs_label(base_jobs), b_label=compare.jobs_label(jobs),
             min_effect=min_effect, alpha=alpha)
         sources += [f"{j} (baseline A)" for j in base_jobs]
+    elif by or host_rows:
+        pair = (list(sides) + [None, None])[:2]
+        comparisons = fleet.compare_sides(points, by or fleet.DEFAULT_SIDE, *pair,
+                                          min_effect=min_effect, alpha=alpha)
     else:
         comparisons = compare.compare_builds(points, min_effect=min_effect, alpha=alpha)
 
@@ -113,6 +124,7 @@ def make_report(job_paths: Sequence[Path | str], compare_paths: Sequence[Path | 
     checks = shapes.check_shapes(series)
     memory_rows = memconfig.config_rows(points) if memconfig.has_memory_records(points) else []
     report.answers = ([memconfig.answer_line(memory_rows)] if memory_rows else [])
+    report.answers += [fleet.answer_line(host_rows)] if host_rows else []
     report.answers += [c.answer_line() for c in comparisons] + _pause_answers(series)
     if checks:
         report.answers.append(shape_answer(checks))
@@ -133,6 +145,8 @@ def make_report(job_paths: Sequence[Path | str], compare_paths: Sequence[Path | 
                                f"statistics")
     if not series and not memory_rows:
         report.warnings.append("no snapshot runs: nothing to plot or tabulate")
+    if host_rows:
+        report.tables.append(tables.hosts_table(host_rows))
     if memory_rows:
         report.tables.append(tables.memory_table(memory_rows))
     if series:
@@ -148,7 +162,7 @@ def make_report(job_paths: Sequence[Path | str], compare_paths: Sequence[Path | 
         (outdir / kernel.VERDICT_FILE).write_text(
             json.dumps([v.to_dict() for v in verdicts], indent=2) + "\n")
     report.plots = plots.plot_all(series, comparisons, outdir)
-    report.points_table = tables.points_table(points)
+    report.points_table = tables.points_table(fleet.per_host(points) if host_rows else points)
     files = render.write_all(report, points, outdir)
     return ReportFiles(outdir, files, [outdir / p.filename for p in report.plots],
                        report.answers, checks)

@@ -23,8 +23,12 @@ No avocado imports.
 
 from __future__ import annotations
 
+import atexit
 import json
 import math
+import shutil
+import tempfile
+import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable, Mapping
@@ -55,8 +59,26 @@ def _is_job_dir(path: Path) -> bool:
     return (path / "test-results").is_dir() or (path / RESULTS_JSON).is_file()
 
 
+def unpack_archive(archive: Path) -> Path:
+    """A job's result archive (``avocado run --archive``: ``<job dir>.zip``),
+    unpacked into a temporary dir named like the job; removed at exit."""
+    try:
+        with zipfile.ZipFile(archive) as zipped:
+            top = Path(tempfile.mkdtemp(prefix="bgsnap-archive-"))
+            atexit.register(shutil.rmtree, top, True)
+            job = top / archive.name.removesuffix(".zip")
+            zipped.extractall(job)   # zipfile drops leading '/' and '..' parts
+    except (OSError, zipfile.BadZipFile) as exc:
+        raise ReportError(f"{archive}: not a readable job archive: {exc}") from exc
+    if not _is_job_dir(job):
+        raise ReportError(f"{archive}: no avocado job in this archive (no test-results/, "
+                          f"results.json)")
+    return job
+
+
 def job_dirs(paths: Iterable[Path | str]) -> list[Path]:
-    """Each path is a job dir, or a results dir holding ``job-*`` dirs.
+    """Each path is a job dir, a results dir holding ``job-*`` dirs, or a
+    job's result archive (``job-*.zip``, from hosts that sent theirs).
 
     Resolved and de-duplicated (``latest`` is a symlink to a job dir).
     """
@@ -66,10 +88,14 @@ def job_dirs(paths: Iterable[Path | str]) -> list[Path]:
         if not path.exists():
             raise ReportError(f"{path}: no such job or results directory")
         path = path.resolve()
+        if path.is_file() and path.suffix == ".zip":
+            path = unpack_archive(path)
         if _is_job_dir(path):
             candidates = [path]
         else:
             candidates = sorted(p.resolve() for p in path.glob("job-*") if _is_job_dir(p))
+            candidates += [unpack_archive(p) for p in sorted(path.glob("job-*.zip"))
+                           if not _is_job_dir(p.with_suffix(""))]
             if not candidates:
                 raise ReportError(f"{path}: neither an avocado job dir (test-results/, "
                                   f"results.json) nor a dir of job-* dirs")
@@ -197,6 +223,10 @@ class Point:
     qemu_refusal: str | None = None
     prediction_check: str | None = None      # proceed | cancel | fail
     pause_note: str | None = None            # why a save has no pause window
+    # -- the host that ran it (a fleet report groups by these) -------------
+    hostname: str | None = None              # host.hostname (os.uname().nodename)
+    kernel_release: str | None = None        # host.kernel_release
+    cpu_model: str | None = None             # host.cpu_model
 
     # -- derived figures (figures.py names them) --------------------------
     @property
@@ -431,6 +461,9 @@ def point_from_record(data: Mapping, *, job: str, test: str, record_path: str,
         rss_after_kib=_int(data.get("rss_after_kib")),
         verdict=data.get("verdict"),
         host_verify=str(host_verify) if host_verify is not None else None,
+        hostname=_text(host.get("hostname")) or None,
+        kernel_release=_text(host.get("kernel_release")) or None,
+        cpu_model=_text(host.get("cpu_model")) or None,
         **_memory_facts(data),
     )
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Sequence
 
-from . import collect, memconfig, stats
+from . import collect, fleet, memconfig, stats
 from .compare import ABComparison
 from .shapes import ShapeCheck
 from .figures import (DIP, DOWNTIME, PAUSE, SNAPSHOT_MIB, TIME_SPLIT, TIME_SPLIT_NAMES, TOTAL,
@@ -188,3 +188,16 @@ def kernel_table(verdict) -> Table:
                       f"hostmm: the host's memory management during the save "
                       f"(docs/host-mm.md).",
                  footer=verdict.answer())
+
+
+def hosts_table(rows: Sequence[fleet.HostRow]) -> Table:
+    table = Table("Hosts", ["host", "kernel", "QEMU", "CPU", "accel", "jobs", "tests",
+                            "statuses", "background pause ms (median)"],
+                  note="One row per host the records name (host.hostname); the A/B tables "
+                       "below compare hosts as two QEMU builds are compared.")
+    for row in rows:
+        table.rows.append([row.hostname, row.kernels, _short(row.qemus, 40), _short(row.cpus, 40),
+                           row.accels, str(len(row.jobs)), str(len(row.points)),
+                           ", ".join(f"{k} {v}" for k, v in row.statuses().items()),
+                           fmt(row.median_pause_ms())])
+    return table

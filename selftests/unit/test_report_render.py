@@ -169,7 +169,10 @@ def test_report_options_are_repeatable():
         plugin._add_argument(parser, key, *options[key])  # pylint: disable=protected-access
     args = vars(parser.parse_args(["--job", "a", "--job", "b", "--compare", "c"]))
     assert args == {"bgsnap.report_jobs": ["a", "b"], "bgsnap.report_compare": ["c"],
-                    "bgsnap.report_output": None}
+                    "bgsnap.report_output": None, "bgsnap.report_by": None,
+                    "bgsnap.report_sides": None}
+    args = vars(parser.parse_args(["--by", "kernel", "--side", "6.1", "--side", "6.18"]))
+    assert (args["bgsnap.report_by"], args["bgsnap.report_sides"]) == ("kernel", ["6.1", "6.18"])
 
 
 AVOCADO_HTML = """<table>
