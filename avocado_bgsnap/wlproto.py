@@ -19,7 +19,11 @@ from typing import Any, Mapping
 
 REPLY_PREFIX = "#WL#"
 DEFAULT_BINARY = "bgsnap-wl"
-DEFAULT_SOCKET = "/run/bgsnap-wl.sock"
+# bgsnap-wl's socket with --socket unset: in the first writable of these
+# (wl_cli.h WL_SOCKET_DIRS, same order); `ctl` finds it there.  No guest
+# layout is assumed: /run may be missing, /tmp read-only.
+SOCKET_DIRS = ("/run", "/tmp", "/dev/shm", "/var/tmp")
+SOCKET_NAME = "bgsnap-wl.sock"
 PATTERNS = ("random", "sequential", "hot", "mixed")
 CTL_COMMANDS = ("status", "mark", "freeze", "thaw", "verify", "dupwrite", "quit")
 MARK_WINDOWS = {"before": 0, "during": 1, "after": 2}
@@ -55,6 +59,45 @@ def dup_page(seed: int, nonce: int, k: int) -> bytes:
 
 class WorkloadProtocolError(Exception):
     """The workload's reply is missing, malformed, or reports an error."""
+
+
+class WorkloadStartError(WorkloadProtocolError):
+    """The workload exited before it ran; the message says why (an ERROR)."""
+
+
+# What the workload's log (and the guest kernel's last lines) say, and what
+# that means; the first match names the cause.
+_START_CAUSES = (
+    ("no writable directory for the control socket", None),
+    ("cannot listen on", None),
+    ("another server is listening", None),
+    ("socket path too long", None),
+    ("not found", "the workload binary {binary} is not in the guest"),
+    ("No such file or directory", "the workload binary {binary} is not in the guest"),
+    ("Exec format error", "the guest cannot execute {binary} (not x86_64 Linux?)"),
+    ("Permission denied", "the guest may not execute {binary} (noexec mount?)"),
+    ("out of guest memory", None),
+    ("Out of memory", "the guest kernel killed it: out of guest memory ({mib} MiB asked)"),
+    ("oom-kill", "the guest kernel killed it: out of guest memory ({mib} MiB asked)"),
+    ("Killed", "it was killed (out of guest memory? {mib} MiB asked)"),
+)
+
+
+def start_failure(last_words: str, binary: str, mib: int) -> str:
+    """Why ``bgsnap-wl run`` exited at start, from its log and the guest
+    kernel's last lines: the cause first, then the evidence.  Memory is
+    named only when the evidence says so."""
+    lines = [line.strip() for line in last_words.replace(" | ", "\n").splitlines()
+             if line.strip()]
+    for needle, meaning in _START_CAUSES:
+        for line in lines:
+            if needle in line:
+                cause = meaning.format(binary=binary, mib=mib) if meaning else \
+                    line.split("ERROR: ", 1)[-1]
+                return f"the workload did not start: {cause}; its last words: " \
+                       f"{' | '.join(lines)[-_TAIL_CHARS:]}"
+    return (f"the workload {binary} exited at start without saying why; its last words: "
+            f"{' | '.join(lines)[-_TAIL_CHARS:] or '(none)'}")
 
 
 def _is_int(value) -> bool:

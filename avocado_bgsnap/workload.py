@@ -7,7 +7,9 @@ The protocol (commands, the ``#WL#`` reply line) is in :mod:`wlproto` and
 import time
 from typing import Callable
 
-from .wlproto import VerifyResult, WorkloadProtocolError, WorkloadSpec, ctl_command, parse_reply
+from .guest import delivery
+from .wlproto import (VerifyResult, WorkloadProtocolError, WorkloadStartError, WorkloadSpec,
+                      ctl_command, parse_reply, start_failure)
 
 GUEST_BINARY = "/bin/bgsnap-wl"
 GUEST_LOG = "/tmp/bgsnap-wl.log"
@@ -23,15 +25,34 @@ class GuestWorkload:
         self.spec = spec
         self.log = log
         self.cmd_timeout = cmd_timeout
+        self._binary: str | None = None
+        self.pid: int | None = None
+        self.guest_log = GUEST_LOG
+
+    @property
+    def binary(self) -> str:
+        """The workload in this guest: on the delivery disk when one is
+        attached (mounted read-only on first use), else the guest's own
+        (guest/delivery.py); found once per session."""
+        if self._binary is None:
+            text = self.session.cmd_output(delivery.locate_command(), timeout=self.cmd_timeout)
+            self._binary = delivery.parse_located(text)
+            self.log("workload binary in the guest: %s" % self._binary)
+        return self._binary
 
     def _ctl(self, command: str, arg=None, timeout: float | None = None) -> dict:
-        text = self.session.cmd_output(ctl_command(command, arg, binary=GUEST_BINARY),
+        text = self.session.cmd_output(ctl_command(command, arg, binary=self.binary),
                                        timeout=timeout or self.cmd_timeout)
         return parse_reply(text)
 
     def start(self) -> None:
-        cmd = self.spec.run_command(binary=GUEST_BINARY)
-        self.session.cmd(f"{cmd} > {GUEST_LOG} 2>&1 &", timeout=self.cmd_timeout)
+        """Start ``run --tune`` in the background of the guest shell: its
+        socket and log go to the first writable of /run, /tmp, /dev/shm,
+        /var/tmp (no guest layout assumed); ``--tune`` sets what the region
+        needs (docs/workload.md).  Records the process id and the log."""
+        cmd = self.spec.run_command(binary=self.binary) + " --tune"
+        text = self.session.cmd_output(delivery.start_command(cmd), timeout=self.cmd_timeout)
+        self.pid, self.guest_log = delivery.parse_started(text)
 
     def status(self, timeout: float | None = None) -> dict:
         return self._ctl("status", timeout=timeout)
@@ -45,9 +66,8 @@ class GuestWorkload:
                 status = self.status()
             except WorkloadProtocolError as exc:  # socket not bound yet, or the workload died
                 if not self._alive():
-                    raise WorkloadProtocolError(
-                        f"the workload exited (out of guest memory? {self.spec.mib} MiB "
-                        f"asked): {self._last_words()}") from exc
+                    raise WorkloadStartError(start_failure(
+                        self._last_words(), self.binary, self.spec.mib)) from exc
                 status = {"phase": "starting", "error": str(exc)}
             if status.get("phase") == "running":
                 return status
@@ -55,17 +75,22 @@ class GuestWorkload:
                 self.log("workload filling: %s" % _fill_progress(status))
             last = status
             if time.monotonic() > deadline:
-                tail = self.session.cmd_output(f"tail -5 {GUEST_LOG}", timeout=10)
+                tail = self.session.cmd_output(f"tail -5 {self.guest_log}", timeout=10)
                 raise WorkloadProtocolError(
                     f"workload not running after {timeout:.0f}s: {status}; log: {tail.strip()}")
             time.sleep(1.0)
 
     def _alive(self) -> bool:
-        return self.session.cmd_output("pidof bgsnap-wl", timeout=self.cmd_timeout).strip() != ""
+        # kill -0 is the shell's own: no pidof/procps needed in the guest
+        if self.pid is None:
+            return False
+        text = self.session.cmd_output(f"kill -0 {self.pid} 2>/dev/null && echo WL-ALIVE",
+                                       timeout=self.cmd_timeout)
+        return any(line.strip() == "WL-ALIVE" for line in text.splitlines())
 
     def _last_words(self) -> str:
         """The workload's log and the kernel's last lines (an OOM kill shows there)."""
-        text = self.session.cmd_output(f"tail -3 {GUEST_LOG}; dmesg | tail -3",
+        text = self.session.cmd_output(f"tail -3 {self.guest_log}; dmesg 2>/dev/null | tail -3",
                                        timeout=self.cmd_timeout)
         return " | ".join(line.strip() for line in text.splitlines() if line.strip())
 

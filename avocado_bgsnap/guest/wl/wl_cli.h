@@ -4,7 +4,11 @@
 
 #include "wl_core.h"
 
-#define WL_DEFAULT_SOCKET "/run/bgsnap-wl.sock"
+/* --socket unset: the first of these directories that exists and is
+ * writable holds the control socket (`run`); `ctl` asks each in turn.  No
+ * guest layout is assumed: /run may be missing, /tmp read-only. */
+#define WL_SOCKET_NAME "bgsnap-wl.sock"
+#define WL_SOCKET_DIRS {"/run", "/tmp", "/dev/shm", "/var/tmp", NULL}
 #define WL_IF_NONE (-1)
 
 struct wl_opts {
@@ -14,7 +18,8 @@ struct wl_opts {
     int have_mib, have_seed, have_nonce, have_writers, have_pattern, have_hot;
     double rate_mib_s;       /* 0 = unlimited */
     int latency;             /* 0 with --no-latency */
-    const char *socket, *dump, *out;
+    int tune;                /* --tune: set what the guest needs (run; guests only) */
+    const char *socket, *dump, *out; /* socket NULL: WL_SOCKET_DIRS */
     uint64_t steps[WL_MAX_WRITERS];
     unsigned nsteps;
     uint64_t shuffle, garbage;

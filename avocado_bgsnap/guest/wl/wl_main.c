@@ -13,7 +13,7 @@ static const char usage[] =
     "usage:\n"
     "  bgsnap-wl run --mib N --seed S --nonce X [--writers W] [--pattern P]\n"
     "                [--hot-pct H] [--rate MIBS] [--no-latency] [--socket PATH]\n"
-    "                [--dup-mib N]\n"
+    "                [--dup-mib N] [--tune]\n"
     "  bgsnap-wl ctl [--socket PATH] status|mark N|freeze|thaw|verify|dupwrite|quit\n"
     "  bgsnap-wl verify-dump --dump FILE --seed S --nonce X [--mib N] [--writers W]\n"
     "                [--pattern P] [--hot-pct H] [--dup-mib N]\n"
@@ -94,7 +94,7 @@ int main(int argc, char **argv)
     o.P.pattern = WL_PAT_RANDOM;
     o.P.hot_pct = 10;
     o.latency = 1;
-    o.socket = WL_DEFAULT_SOCKET;
+    o.socket = NULL; /* the first usable of WL_SOCKET_DIRS */
     o.seconds = 0;
     for (unsigned w = 0; w < WL_MAX_WRITERS; w++)
         o.inflight[w] = WL_IF_NONE;
@@ -126,6 +126,10 @@ int main(int argc, char **argv)
         }
         if (strcmp(name, "--no-latency") == 0) {
             o.latency = 0;
+            continue;
+        }
+        if (strcmp(name, "--tune") == 0) {
+            o.tune = 1;
             continue;
         }
         if (!v) {

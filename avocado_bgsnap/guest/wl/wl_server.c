@@ -12,7 +12,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
@@ -25,6 +27,10 @@
 #define MIB 1048576.0
 
 struct server;
+
+/* the guest settings `run` saw (and set with --tune): a JSON object */
+static char guest_json[512] = "{}";
+static int read_setting(const char *path, char *buf, size_t n);
 
 struct writer {
     pthread_t th;
@@ -224,7 +230,11 @@ static int server_init(struct server *S, const struct wl_opts *o)
     }
     S->map = mmap(NULL, S->maplen, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (S->map == MAP_FAILED) {
-        fprintf(stderr, "bgsnap-wl: mmap %zu bytes: %s\n", S->maplen, strerror(errno));
+        int e = errno;
+        char oc[16] = "?";
+        read_setting("/proc/sys/vm/overcommit_memory", oc, sizeof(oc));
+        fprintf(stderr, "bgsnap-wl: ERROR: out of guest memory: mmap %zu bytes: %s "
+                "(vm.overcommit_memory %s)\n", S->maplen, strerror(e), oc);
         return -1;
     }
 #ifdef MADV_NOHUGEPAGE
@@ -406,6 +416,7 @@ static void cmd_status(struct server *S, struct sbuf *b)
         sb_json_str(b, strerror(S->mlock_errno));
         sb_printf(b, ",");
     }
+    sb_printf(b, "\"guest\":%s,", guest_json);
     sb_printf(b, "\"dup_mib\":%llu,\"dup_state\":%d,", (unsigned long long)S->dup_mib,
               atomic_load(&S->dup_state));
     json_committed(S, b);
@@ -605,6 +616,106 @@ static int serve_one(struct server *S, int lfd)
     return quit;
 }
 
+/* ---- what the guest needs, the socket's place ---- */
+
+/* The first word of a sysctl/sysfs file ("[always] madvise never" gives the
+ * bracketed one); -1 when it cannot be read (then buf is "absent"). */
+static int read_setting(const char *path, char *buf, size_t n)
+{
+    FILE *f = fopen(path, "r");
+    char line[256], *p, *q;
+    snprintf(buf, n, "absent");
+    if (!f)
+        return -1;
+    p = fgets(line, sizeof(line), f);
+    fclose(f);
+    if (!p)
+        return -1;
+    if ((q = strchr(line, '[')) != NULL && strchr(q, ']'))
+        p = q + 1, *strchr(q, ']') = 0;
+    p[strcspn(p, " \n")] = 0;
+    snprintf(buf, n, "%s", p);
+    return 0;
+}
+
+/* One setting into the JSON object: its value, and with `want` (--tune) the
+ * value set ("0 (was 1)") or why it could not be ("1 (cannot set: ...)"). */
+static void guest_setting(struct sbuf *b, const char *name, const char *path, const char *want)
+{
+    char cur[64], val[160];
+    FILE *f;
+    if (read_setting(path, cur, sizeof(cur)) != 0 || !want || strcmp(cur, want) == 0) {
+        snprintf(val, sizeof(val), "%s", cur);
+    } else if ((f = fopen(path, "w")) != NULL && fputs(want, f) >= 0 && fclose(f) == 0) {
+        snprintf(val, sizeof(val), "%s (was %s)", want, cur);
+    } else {
+        snprintf(val, sizeof(val), "%s (cannot set: %s)", cur, strerror(errno));
+        if (f)
+            fclose(f);
+    }
+    sb_printf(b, "%s\"%s\":", b->len > 1 ? "," : "", name);
+    sb_json_str(b, val);
+}
+
+/* What keeps the region's pages on their guest-physical frames: the memlock
+ * limit (systemd gives 8 MiB), no compaction of mlocked pages, no NUMA
+ * balancing; the THP mode is reported (the region is MADV_NOHUGEPAGE).
+ * Without --tune nothing is changed (the unit tests run `run` on the host). */
+static void guest_settings(int tune)
+{
+    struct sbuf b;
+    struct rlimit rl;
+    char lim[96] = "?";
+    sb_init(&b);
+    sb_printf(&b, "{");
+    if (getrlimit(RLIMIT_MEMLOCK, &rl) == 0) {
+        int raised = 0;
+        if (tune && rl.rlim_cur != RLIM_INFINITY) {
+            struct rlimit inf = {RLIM_INFINITY, RLIM_INFINITY};
+            raised = setrlimit(RLIMIT_MEMLOCK, &inf) == 0 ? 1 : -errno;
+        }
+        if (rl.rlim_cur == RLIM_INFINITY)
+            snprintf(lim, sizeof(lim), "unlimited");
+        else if (raised == 1)
+            snprintf(lim, sizeof(lim), "unlimited (was %llu)", (unsigned long long)rl.rlim_cur);
+        else if (raised < 0)
+            snprintf(lim, sizeof(lim), "%llu (cannot raise: %s)", (unsigned long long)rl.rlim_cur,
+                     strerror(-raised));
+        else
+            snprintf(lim, sizeof(lim), "%llu", (unsigned long long)rl.rlim_cur);
+    }
+    sb_printf(&b, "\"memlock_limit\":");
+    sb_json_str(&b, lim);
+    guest_setting(&b, "compact_unevictable_allowed", "/proc/sys/vm/compact_unevictable_allowed",
+                  tune ? "0" : NULL);
+    guest_setting(&b, "numa_balancing", "/proc/sys/kernel/numa_balancing", tune ? "0" : NULL);
+    guest_setting(&b, "thp", "/sys/kernel/mm/transparent_hugepage/enabled", NULL);
+    guest_setting(&b, "overcommit_memory", "/proc/sys/vm/overcommit_memory", NULL);
+    sb_printf(&b, "}");
+    snprintf(guest_json, sizeof(guest_json), "%s", b.s);
+    sb_free(&b);
+}
+
+/* --socket unset: the first directory of WL_SOCKET_DIRS that exists and is
+ * writable; NULL (and the reason on stderr) when there is none. */
+static const char *socket_for_run(char *buf, size_t n)
+{
+    static const char *const dirs[] = WL_SOCKET_DIRS;
+    char tried[256] = "";
+    for (int i = 0; dirs[i]; i++) {
+        struct stat st;
+        if (stat(dirs[i], &st) == 0 && S_ISDIR(st.st_mode) && access(dirs[i], W_OK | X_OK) == 0) {
+            snprintf(buf, n, "%s/%s", dirs[i], WL_SOCKET_NAME);
+            return buf;
+        }
+        snprintf(tried + strlen(tried), sizeof(tried) - strlen(tried), "%s%s", i ? ", " : "",
+                 dirs[i]);
+    }
+    fprintf(stderr, "bgsnap-wl run: ERROR: no writable directory for the control socket "
+            "(tried %s): pass --socket PATH\n", tried);
+    return NULL;
+}
+
 static int make_socket(const char *path)
 {
     struct sockaddr_un sa;
@@ -650,17 +761,22 @@ int wl_cmd_run(const struct wl_opts *o)
     sigaction(SIGTERM, &sa, NULL);
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGHUP, &sa, NULL);
-    /* listen first: early clients queue in the backlog during mlock */
-    if ((lfd = make_socket(o->socket)) < 0)
+    char sockbuf[128];
+    const char *sock = o->socket ? o->socket : socket_for_run(sockbuf, sizeof(sockbuf));
+    if (!sock)
         return 2;
+    /* listen first: early clients queue in the backlog during mlock */
+    if ((lfd = make_socket(sock)) < 0)
+        return 2;
+    guest_settings(o->tune); /* before server_init: the memlock limit */
     if (server_init(&S, o) != 0 || server_start(&S) != 0) {
         close(lfd);
-        unlink(o->socket);
+        unlink(sock);
         return 2;
     }
-    fprintf(stderr, "bgsnap-wl: listening on %s: %llu pages, %u writers, %s, mlock %s\n", o->socket,
-            (unsigned long long)S.P.npages, S.P.writers, wl_pattern_name(S.P.pattern),
-            S.mlock_errno ? strerror(S.mlock_errno) : "ok");
+    fprintf(stderr, "bgsnap-wl: listening on %s: %llu pages, %u writers, %s, mlock %s, guest %s\n",
+            sock, (unsigned long long)S.P.npages, S.P.writers, wl_pattern_name(S.P.pattern),
+            S.mlock_errno ? strerror(S.mlock_errno) : "ok", guest_json);
     while (!got_signal) {
         struct pollfd pfd = {lfd, POLLIN, 0};
         int r = poll(&pfd, 1, 200);
@@ -668,19 +784,40 @@ int wl_cmd_run(const struct wl_opts *o)
             break;
     }
     close(lfd);
-    unlink(o->socket);
+    unlink(sock);
     server_stop(&S);
     return 0;
 }
 
-int wl_cmd_ctl(const struct wl_opts *o)
+/* A connected socket to `path`, or -1 with errno. */
+static int ctl_connect(const char *path)
 {
     struct sockaddr_un sa;
-    char req[256], buf[65536];
-    size_t len = 0;
-    int fd;
+    int fd, e;
+    if (strlen(path) >= sizeof(sa.sun_path)) {
+        errno = ENAMETOOLONG;
+        return -1;
+    }
+    memset(&sa, 0, sizeof(sa));
+    sa.sun_family = AF_UNIX;
+    strcpy(sa.sun_path, path);
+    fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0 || connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0)
+        return fd;
+    e = errno;
+    close(fd);
+    errno = e;
+    return -1;
+}
 
-    if (strlen(o->socket) >= sizeof(sa.sun_path)) {
+int wl_cmd_ctl(const struct wl_opts *o)
+{
+    static const char *const dirs[] = WL_SOCKET_DIRS;
+    char req[256], buf[65536], where[256];
+    size_t len = 0;
+    int fd = -1;
+
+    if (o->socket && strlen(o->socket) >= sizeof(((struct sockaddr_un *)0)->sun_path)) {
         fprintf(stderr, WL_PREFIX "{\"ok\":false,\"error\":\"socket path too long\"}\n");
         return 3;
     }
@@ -689,15 +826,25 @@ int wl_cmd_ctl(const struct wl_opts *o)
         fprintf(stderr, WL_PREFIX "{\"ok\":false,\"error\":\"bad command\"}\n");
         return 2;
     }
-    memset(&sa, 0, sizeof(sa));
-    sa.sun_family = AF_UNIX;
-    strcpy(sa.sun_path, o->socket);
-    fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0 || connect(fd, (struct sockaddr *)&sa, sizeof(sa)) != 0) {
+    if (o->socket) {
+        fd = ctl_connect(o->socket);
+        snprintf(where, sizeof(where), "%s: %s", o->socket, strerror(errno));
+    } else {
+        /* the socket run chose: the first directory where a server answers */
+        where[0] = 0;
+        for (int i = 0; dirs[i] && fd < 0; i++) {
+            char path[128];
+            snprintf(path, sizeof(path), "%s/%s", dirs[i], WL_SOCKET_NAME);
+            fd = ctl_connect(path);
+            snprintf(where + strlen(where), sizeof(where) - strlen(where), "%s%s", i ? ", " : "",
+                     path);
+        }
+        snprintf(where + strlen(where), sizeof(where) - strlen(where), ": no server");
+    }
+    if (fd < 0) {
         struct sbuf b;
         char msg[512];
-        snprintf(msg, sizeof(msg), "cannot connect to %s: %s (is bgsnap-wl run up?)", o->socket,
-                 strerror(errno));
+        snprintf(msg, sizeof(msg), "cannot connect to %s (is bgsnap-wl run up?)", where);
         sb_init(&b);
         sb_printf(&b, WL_PREFIX "{\"ok\":false,\"cmd\":");
         sb_json_str(&b, o->cmd);
