@@ -39,6 +39,9 @@ setup(
         # the CI profile's tmt plan reads avocado's tmt results (the
         # 'tmt' result plugin's format needs tmt 1.29+; docs/ci.md)
         "ci": ["tmt>=1.29"],
+        # one avocado run over N hosts: avocado's own remote spawner, not
+        # ours (docs/fleet.md); same release as avocado
+        "fleet": ["avocado-framework-plugin-spawner-remote==113.0"],
     },
     entry_points={
         "avocado.plugins.settings": ["bgsnap-settings = avocado_bgsnap.plugin_settings:BgsnapSettings"],

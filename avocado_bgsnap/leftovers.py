@@ -43,6 +43,7 @@ from avocado.core.plugin_interfaces import JobPost, JobPre
 
 from .host import ksm, swap
 from .host.memory import HostMemorySettings, host_memory_settings, parse_mounts
+from . import vt_compat
 from .metrics import METRICS_FILE
 
 JOB_ENV = "BGSNAP_JOB_ID"
@@ -262,6 +263,7 @@ class BgsnapLeftovers(JobPre, JobPost):
         if self.baseline is None or not job.logdir:
             return
         try:
+            vt_compat.close_remote_sessions()       # workaround 11
             job_dir = Path(job.logdir)
             found = self._settled(job_dir, _snapshot_dirs(job))
             report = write_report(job_dir, found)

@@ -42,7 +42,7 @@ ensure_venv() {
     fi
     if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
         say "installing avocado-bgsnap and its Python dependencies into $VENV"
-        "$VENV/bin/pip" install -q --disable-pip-version-check -e "$BGSNAP_SRC[test,ci]"
+        "$VENV/bin/pip" install -q --disable-pip-version-check -e "$BGSNAP_SRC[test,ci,fleet]"
         echo "$want" > "$stamp"
     fi
     # quiet start-up: the pkg_resources warning comes before any plugin

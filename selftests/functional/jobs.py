@@ -55,17 +55,19 @@ def system_only(ref: str) -> str:
     return f"system.{ref}" if qemu_builds.load_builds() else ref
 
 
-def run_job_proc(tmp_path, *refs, extra=(), during: Callable[[Path], None] | None = None
-                 ) -> tuple[subprocess.CompletedProcess, dict, Path]:
+def run_job_proc(tmp_path, *refs, extra=(), during: Callable[[Path], None] | None = None,
+                 avocado_opts=(), run_opts=()) -> tuple[subprocess.CompletedProcess, dict, Path]:
     """Run refs in one job; return (the avocado process, results.json, job
     dir).  ``during(results_dir)``, when given, runs in a thread alongside the
-    job.  Asserts, from outside the job, that no QEMU of it is still running
-    and that no host memory setting (hugepages, THP, hugetlbfs mounts) was
-    left changed."""
+    job; ``avocado_opts`` go before ``run`` (e.g. --config), ``run_opts``
+    after it.  Asserts, from outside the job, that no QEMU of it is still
+    running and that no host memory setting (hugepages, THP, hugetlbfs
+    mounts) was left changed."""
     tag = uuid.uuid4().hex
     host_settings = HostSettingsGuard()
     results = tmp_path / "results"
-    cmd = ["run", "--job-results-dir", str(results), *map(system_only, refs)]
+    cmd = [*avocado_opts, "run", "--job-results-dir", str(results), *run_opts,
+           *map(system_only, refs)]
     for item in extra:  # the option appends one key=value per use
         cmd += ["--vt-extra-params", item]
     watcher = threading.Thread(target=during, args=(results,), daemon=True) if during else None
@@ -93,11 +95,12 @@ def job_leftovers(job: Path) -> list[dict]:
     return json.loads(path.read_text())
 
 
-def run_job(tmp_path, *refs, extra=()) -> tuple[dict, Path]:
+def run_job(tmp_path, *refs, extra=(), **options) -> tuple[dict, Path]:
     """Run refs in one job; return (results.json, job dir); assert the job
     left nothing: no QEMU, socket, snapshot file, mount or host setting
-    (its bgsnap-leftovers.json is empty; docs/leftovers.md)."""
-    _, data, job = run_job_proc(tmp_path, *refs, extra=extra)
+    (its bgsnap-leftovers.json is empty; docs/leftovers.md).  ``options``:
+    those of run_job_proc."""
+    _, data, job = run_job_proc(tmp_path, *refs, extra=extra, **options)
     found = job_leftovers(job)
     assert found == [], f"the job left: {found}"
     return data, job

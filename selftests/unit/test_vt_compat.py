@@ -50,3 +50,81 @@ def test_placeholder_link_satisfies_bootstrap_check(tmp_path):
     link = vt_compat.ensure_provider_download_placeholder(tmp_path / "p", tmp_path)
     assert list((tmp_path / "p" / "downloads").iterdir()) == [link]
     assert vt_compat.ensure_provider_download_placeholder(tmp_path / "p", tmp_path) == link
+
+
+# --- workaround 10: the remote spawner's fixed task dir --------------------------------
+
+class _Test:
+    def __init__(self, logdir, queue=None):
+        self.logdir = str(logdir)
+        if queue is not None:
+            self.queue = queue
+
+
+def test_remote_task_dir_is_recognised_only_under_the_runner():
+    assert vt_compat.remote_output_dir(_Test(vt_compat.REMOTE_TASK_OUTPUT_DIR, [])) \
+        == vt_compat.REMOTE_TASK_OUTPUT_DIR
+    assert vt_compat.remote_output_dir(_Test("/var/lib/job/test-results/1-x", [])) is None
+    assert vt_compat.remote_output_dir(_Test(vt_compat.REMOTE_TASK_OUTPUT_DIR)) is None
+
+
+def _task_dir(tmp_path):
+    (tmp_path / "data").mkdir()
+    for name in ("debug.log", "whiteboard", "stderr", "data/bgsnap-metrics.json", "serial.log"):
+        (tmp_path / name).write_text(name)
+    return tmp_path
+
+
+def test_an_earlier_tests_files_are_cleared_the_streamed_ones_kept(tmp_path):
+    import os
+    import time
+
+    task = _task_dir(tmp_path)
+    old = time.time() - 60
+    for name in ("data/bgsnap-metrics.json", "serial.log", "debug.log"):
+        os.utime(task / name, (old, old))
+    (task / "new.log").write_text("this test's")
+    assert vt_compat.clear_remote_output(task, before=time.time() - 30) == 2
+    assert sorted(str(p.relative_to(task)) for p in task.rglob("*") if p.is_file()) == [
+        "debug.log", "new.log", "stderr", "whiteboard"]
+
+
+def test_the_tests_files_are_sent_as_file_messages_in_chunks(tmp_path, monkeypatch):
+    task = _task_dir(tmp_path)
+    (task / "data" / "bgsnap-metrics.json").write_bytes(b"x" * 5)
+    monkeypatch.setattr(vt_compat, "FILE_CHUNK", 2)
+    class Queue(list):
+        put = list.append
+
+    queue = Queue()
+    assert vt_compat.send_remote_output(queue, task) == 2
+    assert [(m["type"], m["path"], m["log"]) for m in queue] == [
+        ("file", "data/bgsnap-metrics.json", b"xx"), ("file", "data/bgsnap-metrics.json", b"xx"),
+        ("file", "data/bgsnap-metrics.json", b"x"), ("file", "serial.log", b"se"),
+        ("file", "serial.log", b"ri"), ("file", "serial.log", b"al"), ("file", "serial.log", b".l"),
+        ("file", "serial.log", b"og")]
+
+
+def test_process_start_is_a_unix_time():
+    import os
+    import time
+
+    assert abs(vt_compat.started_at(os.getpid()) - time.time()) < 3600
+    assert vt_compat.started_at(2**22 + 7) == 0.0
+
+
+# --- workaround 11: the remote spawner's sessions ---------------------------------------
+
+def test_remote_sessions_are_closed_once(monkeypatch):
+    from avocado_spawner_remote import RemoteSpawner
+
+    class Session:
+        closed = 0
+
+        def close(self):
+            Session.closed += 1
+
+    monkeypatch.setattr(RemoteSpawner, "slots_cache", {Session(): False, Session(): True})
+    assert vt_compat.close_remote_sessions() == 2
+    assert Session.closed == 2 and RemoteSpawner.slots_cache == {}
+    assert vt_compat.close_remote_sessions() == 0
