@@ -93,7 +93,12 @@ class SnapshotCycle:
     def boot_and_fill(self, boot_started: float) -> None:
         """Log into the booted guest, start the workload, wait for the fill."""
         self.log_in(boot_started)
-        self.workload = GuestWorkload(self.session, self.cfg.workload, self.log)
+        self.fill_workload()
+
+    def fill_workload(self, workload: GuestWorkload | None = None) -> None:
+        """Start the workload (``workload``, else the plain one of the cfg)
+        in the logged-in guest and wait for the fill."""
+        self.workload = workload or GuestWorkload(self.session, self.cfg.workload, self.log)
         self.record.start("fill")
         self.workload.start()
         status = self.workload.wait_running(self.cfg.fill_timeout_s)
@@ -313,6 +318,7 @@ class SnapshotCycle:
         self.record.set("host_verify", self.host_verify.summary())
         self.record.set("restored_steps", self.host_verify.committed)
         self.log("restored RAM (host check): %s" % self.host_verify.summary())
+        self.inspect_dump(self.dump_path)
         with contextlib.suppress(FileNotFoundError):
             self.dump_path.unlink()
         if not self.host_verify.clean and self.cfg.negative_control == "none":
@@ -323,6 +329,10 @@ class SnapshotCycle:
         self.guest_verify = self._verify_in_guest(clone)
         self.record.set("guest_verify", self.guest_verify.summary())
         self.log("restored guest (self check): %s" % self.guest_verify.summary())
+
+    def inspect_dump(self, dump_path: Path) -> None:
+        """What a cycle with more state in the RAM reads from the restored
+        RAM's dump besides the workload (whole_vm.py: the journal state)."""
 
     def _run_restored(self, qmp: SnapshotQMP) -> None:
         """Let the restored guest run: 'cont' a paused one, wake a suspended

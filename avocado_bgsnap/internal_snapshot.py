@@ -63,8 +63,8 @@ def _node_options(path: Path) -> dict:
             "file": {"driver": "file", "filename": str(path)}}
 
 
-def _job_args(job_id: str) -> dict:
-    return {"job-id": job_id, "tag": TAG, "vmstate": NODE, "devices": [NODE]}
+def _job_args(job_id: str, vmstate: str = NODE, devices: tuple[str, ...] = (NODE,)) -> dict:
+    return {"job-id": job_id, "tag": TAG, "vmstate": vmstate, "devices": list(devices)}
 
 
 @contextlib.contextmanager
@@ -108,6 +108,18 @@ def take_internal_snapshot(qmp: SnapshotQMP, path: Path, timeout: float,
                                     total_bytes=state_bytes)
 
 
+def take_disk_snapshot(qmp: SnapshotQMP, image: Path, node: str, timeout: float,
+                       log: Callable[[str], None] = lambda m: None
+                       ) -> snapshot.SnapshotResult:
+    """``snapshot-save`` of the running VM with its disk: the guest's own
+    qcow2 disk (block node ``node``, file ``image``) takes the internal
+    snapshot ``TAG`` of its data and holds the VM state, as ``savevm`` does."""
+    qmp.clear_events()
+    total_s = qmp.run_job("snapshot-save", _job_args("bgsnap-save", node, (node,)), timeout)
+    log("snapshot-save with the disk %s in %.1fs" % (node, total_s))
+    return snapshot.snapshot_result(qmp, image, total_s)
+
+
 @contextlib.contextmanager
 def restored_vm(vm, path: Path, timeout: float, log: Callable[[str], None] = lambda m: None):
     """A second QEMU, paused, with the internal snapshot in ``path`` loaded
@@ -117,9 +129,31 @@ def restored_vm(vm, path: Path, timeout: float, log: Callable[[str], None] = lam
         qmp = SnapshotQMP(clone.monitor, log)
         try:
             qmp.blockdev_add(_node_options(path))
-            seconds = qmp.run_job("snapshot-load", _job_args("bgsnap-load"), timeout)
         except QMPStepError as exc:
             snapshot.raise_if_exited(clone, "snapshot-load", exc)
             raise
-        log("snapshot-load of %s in %.1fs (status %s)" % (path.name, seconds, qmp.status()))
+        _load(clone, qmp, NODE, (NODE,), timeout, log, path.name)
         yield clone, qmp
+
+
+@contextlib.contextmanager
+def restored_disk_vm(vm, node: str, timeout: float, log: Callable[[str], None] = lambda m: None,
+                     param_overrides: dict | None = None):
+    """A second QEMU, paused, whose disk (block node ``node``, on its
+    command line) holds the snapshot of :func:`take_disk_snapshot`:
+    ``snapshot-load`` puts back the disk's data and the VM state."""
+    with snapshot.paused_clone(vm, param_overrides=param_overrides, timeout=timeout) as clone:
+        qmp = SnapshotQMP(clone.monitor, log)
+        _load(clone, qmp, node, (node,), timeout, log, node)
+        yield clone, qmp
+
+
+def _load(clone, qmp: SnapshotQMP, vmstate: str, devices: tuple[str, ...], timeout: float,
+          log: Callable[[str], None], name: str) -> None:
+    try:
+        seconds = qmp.run_job("snapshot-load", _job_args("bgsnap-load", vmstate, devices),
+                              timeout)
+    except QMPStepError as exc:
+        snapshot.raise_if_exited(clone, "snapshot-load", exc)
+        raise
+    log("snapshot-load of %s in %.1fs (status %s)" % (name, seconds, qmp.status()))

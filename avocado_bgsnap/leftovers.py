@@ -134,17 +134,18 @@ def job_processes(proc_root: Path, marker: str, exclude: Iterable[int] = ()) -> 
     return found
 
 
-def _names() -> tuple[str, str, str]:
-    """The suite's file names (snapshot, late image, RAM dump); ``.partial``
-    ones start the same."""
-    from . import cycle  # brings virttest: imported when a job ends, not at plugin load
+def _names() -> tuple[str, str, str, str]:
+    """The suite's file names (snapshot, late image, RAM dump, the whole-VM
+    snapshot's disk images and overlays); ``.partial`` ones start the same."""
+    from . import cycle, disk_snapshot  # bring virttest: imported when a job ends
 
-    return cycle.SNAPSHOT_STEM, cycle.LATE_IMAGE_STEM, cycle.DUMP_NAME
+    return (cycle.SNAPSHOT_STEM, cycle.LATE_IMAGE_STEM, cycle.DUMP_NAME,
+            disk_snapshot.DISK_STEM)
 
 
 def kept_snapshots(job_dir: Path) -> set[Path]:
     """The snapshot files tests kept on purpose (``bgsnap_keep_snapshot``)."""
-    snapshot_stem, late_stem, _ = _names()
+    snapshot_stem, late_stem = _names()[:2]
     kept = set()
     for record in job_dir.glob(f"test-results/*/data/{METRICS_FILE}"):
         try:
@@ -155,6 +156,8 @@ def kept_snapshots(job_dir: Path) -> set[Path]:
             path = Path(data["snapshot_file"])
             suffix = path.name[len(snapshot_stem):]
             kept |= {path, path.with_name(late_stem + suffix)}
+            # a whole-VM snapshot keeps its disk images too (docs/disk.md)
+            kept |= {Path(p) for p in data.get("kept_files", [])}
     return {p.resolve() for p in kept}
 
 

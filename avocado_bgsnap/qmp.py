@@ -235,6 +235,13 @@ class SnapshotQMP:
     def blockdev_del(self, node_name: str) -> None:
         self._cmd("blockdev-del", {"node-name": node_name})
 
+    def blockdev_snapshot_sync(self, node_name: str, overlay: str, overlay_node: str) -> None:
+        """External snapshot of ``node_name``: ``overlay`` (a qcow2 QEMU
+        formats) becomes its active layer, the old image its frozen backing."""
+        self._cmd("blockdev-snapshot-sync", {"node-name": node_name, "snapshot-file": overlay,
+                                             "snapshot-node-name": overlay_node,
+                                             "format": "qcow2", "mode": "absolute-paths"})
+
     def named_block_node(self, node_name: str) -> dict:
         """query-named-block-nodes' entry for one node (its image info)."""
         for node in self._cmd("query-named-block-nodes", debug=False):

@@ -23,7 +23,7 @@ ACCELERATORS = ("auto", "kvm", "tcg")
 # What a negative-control variant does to the snapshot; the test then PASSes
 # only when the verifier catches it.
 NEGATIVE_CONTROLS = ("none", "damage_file", "damage_in_transit", "late_image",
-                     "wrong_prediction")
+                     "wrong_prediction", "skewed_disk")
 # background: the feature under test; stop_save: stop, migrate to the file,
 # cont; snapshot_save: an internal snapshot into a qcow2 (snapshot-save job);
 # precopy: live migration into the file (its END state is the image).
@@ -368,3 +368,31 @@ def capability_from_params(params) -> str:
     (capabilities.py): one QEMU refuses next to background-snapshot
     (qmp.INCOMPATIBLE_WITH_BACKGROUND), or a control it accepts."""
     return _choice(params, "bgsnap_capability", "", capabilities.TESTED)
+
+
+def disk_from_params(params) -> "disk_snapshot.DiskSettings":
+    """The journal disk of a whole-VM snapshot (``bgsnap_disk``, disk_snapshot.py)."""
+    from . import disk_snapshot  # its settings only; the module needs no settings
+
+    form = _choice(params, "bgsnap_disk_form", "background", disk_snapshot.FORMS)
+    mode = _choice(params, "bgsnap_mode", "background", MODES)
+    wanted = "snapshot_save" if form == "internal" else "background"
+    if mode != wanted:
+        raise SettingsError(f"bgsnap_disk_form = {form} needs bgsnap_mode = {wanted}, "
+                            f"not {mode}")
+    skew = _number(params, "bgsnap_disk_skew_s", 0, float, -60, 60,
+                   note=" (seconds; < 0 disk frozen before the RAM, > 0 after, 0 = same instant)")
+    negative = _choice(params, "bgsnap_negative_control", "none", ("none", "skewed_disk"))
+    if (negative == "skewed_disk") != (skew != 0):
+        raise SettingsError(f"bgsnap_negative_control = {negative} with bgsnap_disk_skew_s = "
+                            f"{skew}: the negative control skewed_disk needs a skew, a skew "
+                            f"needs the negative control")
+    if skew and form == "internal":
+        raise SettingsError(f"bgsnap_disk_skew_s = {skew}: the internal form saves disk and "
+                            f"RAM in one job, nothing to skew (bgsnap_disk_form = background)")
+    return disk_snapshot.DiskSettings(
+        form=form,
+        disk_mib=_number(params, "bgsnap_disk_mib", 64, int, 16, 4096, note=" MiB"),
+        journal_ms=_number(params, "bgsnap_journal_ms", 10, int, 0, 60000,
+                           note=" (ms between journal records)"),
+        skew_s=skew)

@@ -4,6 +4,7 @@ The protocol (commands, the ``#WL#`` reply line) is in :mod:`wlproto` and
 ``docs/workload.md``; this module only moves text over an aexpect session.
 """
 
+import shlex
 import time
 from typing import Callable
 
@@ -20,9 +21,11 @@ class GuestWorkload:
     """One ``bgsnap-wl run`` process in a guest, reached through ``session``."""
 
     def __init__(self, session, spec: WorkloadSpec, log: Callable[[str], None] = lambda m: None,
-                 cmd_timeout: float = 60):
+                 cmd_timeout: float = 60, run_args: tuple[str, ...] = ()):
         self.session = session
         self.spec = spec
+        # more options for 'run' (the journal of docs/disk.md: --journal FILE)
+        self.run_args = tuple(run_args)
         self.log = log
         self.cmd_timeout = cmd_timeout
         self._binary: str | None = None
@@ -51,6 +54,8 @@ class GuestWorkload:
         /var/tmp (no guest layout assumed); ``--tune`` sets what the region
         needs (docs/workload.md).  Records the process id and the log."""
         cmd = self.spec.run_command(binary=self.binary) + " --tune"
+        if self.run_args:
+            cmd += " " + shlex.join(self.run_args)
         text = self.session.cmd_output(delivery.start_command(cmd), timeout=self.cmd_timeout)
         self.pid, self.guest_log = delivery.parse_started(text)
 

@@ -27,6 +27,8 @@ struct wl_opts {
     int have_shuffle;
     int inflight[WL_MAX_WRITERS]; /* WL_IF_NONE or WL_IF_OLD/NEW/TORN */
     double seconds;          /* selfcheck writer benchmark */
+    const char *journal;     /* run --journal FILE: fsynced records (docs/disk.md) */
+    uint64_t journal_ms;     /* run --journal-ms: one record every N ms */
     const char *cmd, *arg;   /* ctl */
 };
 

@@ -7,13 +7,14 @@
 #include <string.h>
 
 #include "wl_cli.h"
+#include "wl_journal.h"
 #include "wl_util.h"
 
 static const char usage[] =
     "usage:\n"
     "  bgsnap-wl run --mib N --seed S --nonce X [--writers W] [--pattern P]\n"
     "                [--hot-pct H] [--rate MIBS] [--no-latency] [--socket PATH]\n"
-    "                [--dup-mib N] [--tune]\n"
+    "                [--dup-mib N] [--tune] [--journal FILE [--journal-ms N]]\n"
     "  bgsnap-wl ctl [--socket PATH] status|mark N|freeze|thaw|verify|dupwrite|quit\n"
     "  bgsnap-wl verify-dump --dump FILE --seed S --nonce X [--mib N] [--writers W]\n"
     "                [--pattern P] [--hot-pct H] [--dup-mib N]\n"
@@ -96,6 +97,7 @@ int main(int argc, char **argv)
     o.latency = 1;
     o.socket = NULL; /* the first usable of WL_SOCKET_DIRS */
     o.seconds = 0;
+    o.journal_ms = WL_JOURNAL_MS_DEFAULT;
     for (unsigned w = 0; w < WL_MAX_WRITERS; w++)
         o.inflight[w] = WL_IF_NONE;
     if (argc < 2 || strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "--help") == 0) {
@@ -182,6 +184,11 @@ int main(int argc, char **argv)
                 return die_usage(cmd, "--rate must be >= 0 (MiB/s, 0 = unlimited)", v);
         } else if (strcmp(name, "--socket") == 0) {
             o.socket = v;
+        } else if (strcmp(name, "--journal") == 0) {
+            o.journal = v;
+        } else if (strcmp(name, "--journal-ms") == 0) {
+            if (wl_parse_u64(v, &o.journal_ms) || o.journal_ms > 60000)
+                return die_usage(cmd, "--journal-ms must be 0..60000", v);
         } else if (strcmp(name, "--dump") == 0) {
             o.dump = v;
         } else if (strcmp(name, "--out") == 0) {

@@ -20,6 +20,7 @@
 #include <unistd.h>
 
 #include "wl_cli.h"
+#include "wl_journal.h"
 #include "wl_util.h"
 
 #define NWIN 4
@@ -419,6 +420,7 @@ static void cmd_status(struct server *S, struct sbuf *b)
     sb_printf(b, "\"guest\":%s,", guest_json);
     sb_printf(b, "\"dup_mib\":%llu,\"dup_state\":%d,", (unsigned long long)S->dup_mib,
               atomic_load(&S->dup_state));
+    wl_journal_json(b);
     json_committed(S, b);
     sb_printf(b, ",\"elapsed_s\":%.3f,\"mib_per_s\":%.1f,\"window\":%d,\"windows\":[", run_s,
               run_s > 0 ? (double)steps * WL_PAGE / MIB / run_s : 0.0, cur);
@@ -774,6 +776,13 @@ int wl_cmd_run(const struct wl_opts *o)
         unlink(sock);
         return 2;
     }
+    if (o->journal && wl_journal_start(o->journal, (unsigned)o->journal_ms, S.P.nonce, S.meta,
+                                       S.P.writers) != 0) {
+        close(lfd);
+        unlink(sock);
+        server_stop(&S);
+        return 2;
+    }
     fprintf(stderr, "bgsnap-wl: listening on %s: %llu pages, %u writers, %s, mlock %s, guest %s\n",
             sock, (unsigned long long)S.P.npages, S.P.writers, wl_pattern_name(S.P.pattern),
             S.mlock_errno ? strerror(S.mlock_errno) : "ok", guest_json);
@@ -785,6 +794,7 @@ int wl_cmd_run(const struct wl_opts *o)
     }
     close(lfd);
     unlink(sock);
+    wl_journal_stop();
     server_stop(&S);
     return 0;
 }
