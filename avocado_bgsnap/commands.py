@@ -254,6 +254,30 @@ def repro(config) -> int:
     return EXIT_OK
 
 
+def ab_error_rates(config) -> int:
+    """The A/B verdict's false-flag rate and power, resampled from real runs
+    (report/error_rates.py, docs/benchmarks.md)."""
+    from .report import collect, error_rates  # scipy only when asked for
+
+    jobs = _opt(config, "report_jobs") or [str(paths.results_dir() / "latest")]
+    try:
+        reps = [int(r) for r in str(_opt(config, "rates_reps") or "5").split(",")]
+        pool_list = error_rates.pools(collect.load_points(collect.job_dirs(jobs)))
+        results = [error_rates.measure(pool_list, r, rows=_opt(config, "rates_rows"),
+                                       trials=_opt(config, "rates_trials")
+                                       or error_rates.DEFAULT_TRIALS, control=control)
+                   for r in reps for control in (False, True)]
+    except (collect.ReportError, ValueError) as exc:
+        LOG_UI.error("no error rates: %s", exc)
+        return EXIT_FAIL
+    for line in error_rates.render(pool_list, results).splitlines():
+        LOG_UI.info("%s", line)
+    out = collect.job_dirs(jobs)[0] / "bgsnap-error-rates.json"
+    out.write_text(json.dumps([r.to_dict() for r in results], indent=2) + "\n")
+    LOG_UI.info("json     %s", out)
+    return EXIT_OK
+
+
 def _safe(name: str) -> str:
     return "".join(c if c.isalnum() or c in "._-" else "_" for c in name)
 
@@ -271,6 +295,7 @@ def dispatch(subcommand: str | None, config) -> int:
         "uffd-check": uffd_check,
         "validate-kernel": validate_kernel,
         "repro": repro,
+        "ab-error-rates": ab_error_rates,
     }
     if subcommand not in handlers:
         LOG_UI.error("usage: avocado bgsnap {%s}", ",".join(handlers))

@@ -47,6 +47,11 @@ OPTIONS = (
     ("repro_job", str, None, "A job results directory (default: the latest job)", "JOB?"),
     ("repro_test", str, None, "The test (name or part of it; default: the job's first "
      "failed test)", "TEST?"),
+    ("rates_reps", str, "5", "Runs per side to measure at, comma-separated (e.g. 5,8,10)",
+     "--reps"),
+    ("rates_rows", int, None, "Comparisons in one simulated report (default: one per pool; "
+     "'avocado run ab' makes 16)", "--rows"),
+    ("rates_trials", int, None, "Simulated reports per figure (default 400)", "--trials"),
     ("repro_output", str, None, "Folder for the script and its files (default: "
      "<job>/bgsnap-repro/<test>)", "--output"),
 )
@@ -73,6 +78,9 @@ SUBCOMMANDS = {
     "validate-kernel": ("Run the kernel set (the self-check, the memory backends, the host's "
                         "memory management during the save) and print one verdict table "
                         "per kernel", ("kernel_refs",)),
+    "ab-error-rates": ("The A/B verdict's false-flag rate and power at N runs per side, "
+                       "resampled from the real runs of the given jobs (docs/benchmarks.md)",
+                       ("report_jobs", "rates_reps", "rates_rows", "rates_trials")),
     "repro": ("Write a standalone reproducer (QEMU + Python 3 + bgsnap-wl) of a failed "
               "test (docs/repro.md)", ("repro_job", "repro_test", "repro_output")),
 }

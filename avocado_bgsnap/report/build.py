@@ -112,6 +112,8 @@ def make_report(job_paths: Sequence[Path | str], compare_paths: Sequence[Path | 
                                           min_effect=min_effect, alpha=alpha)
     else:
         comparisons = compare.compare_builds(points, min_effect=min_effect, alpha=alpha)
+    # one false discovery rate for the whole report, not one alpha per row
+    withdrawn = compare.control_report(comparisons, q=alpha)
 
     outdir = Path(output) if output else default_outdir(job_paths[0])
     outdir.mkdir(parents=True, exist_ok=True)
@@ -131,6 +133,11 @@ def make_report(job_paths: Sequence[Path | str], compare_paths: Sequence[Path | 
     for comparison in comparisons:
         report.warnings += [f"A/B {comparison.b_label} vs {comparison.a_label}: {w}"
                             for w in comparison.warnings]
+    if withdrawn:
+        report.warnings.append(
+            f"{withdrawn} A/B flag(s) withdrawn: significant on their own row, but not over "
+            f"all {sum(len(c.rows) for c in comparisons)} comparisons of this report "
+            f"(Benjamini-Hochberg, q {alpha}); see the rows' notes")
     excluded = [p for p in points if p.kind != collect.KIND_SNAPSHOT]
     if excluded:
         kinds = sorted({p.kind for p in excluded})

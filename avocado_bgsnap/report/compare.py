@@ -13,7 +13,7 @@ builds within the same jobs, each against a baseline build
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -173,3 +173,27 @@ def compare_builds(points: Sequence[collect.Point], baseline: str | None = None,
     return [compare_points(base, [p for p in points if p.qemu_build == name],
                            a_label=baseline, b_label=name, **kwargs)
             for name in names if name != baseline]
+
+
+def control_report(comparisons: Sequence[ABComparison],
+                   q: float = stats.DEFAULT_ALPHA) -> int:
+    """Hold the false discovery rate of the whole report at ``q``.
+
+    Each row was flagged on its own (p < alpha and the effect floor); over
+    every row of every comparison in one report, a flag stays only when its
+    p-value is a Benjamini-Hochberg discovery at ``q``.  The others become
+    "no change" with the reason.  Returns how many flags were withdrawn.
+    """
+    rows = [(c, i) for c in comparisons for i in range(len(c.rows))]
+    keep = stats.benjamini_hochberg([c.rows[i].verdict.p_value for c, i in rows], q)
+    m = sum(c.rows[i].verdict.p_value is not None for c, i in rows)
+    withdrawn = 0
+    for (comparison, i), kept in zip(rows, keep):
+        row = comparison.rows[i]
+        if row.verdict.flagged and not kept:
+            note = (f"p {row.verdict.p_value:.3g} is not a discovery over the report's {m} "
+                    f"comparisons (Benjamini-Hochberg, q {q})")
+            comparison.rows[i] = replace(row, verdict=replace(
+                row.verdict, verdict=stats.NO_CHANGE, note=note))
+            withdrawn += 1
+    return withdrawn

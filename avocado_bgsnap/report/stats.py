@@ -160,6 +160,21 @@ def compare(a_samples: Iterable[float | None], b_samples: Iterable[float | None]
     return Verdict(REGRESSION if worse else IMPROVEMENT, p_value=p_value, **common)
 
 
+def benjamini_hochberg(p_values: Sequence[float | None], q: float = DEFAULT_ALPHA) -> list[bool]:
+    """Which p-values stay discoveries when the false discovery rate over
+    all of them is held at ``q`` (Benjamini-Hochberg step-up); a None (no
+    test made) never is one and does not count in m."""
+    if not 0 < q < 1:
+        raise ValueError(f"q {q} must be in (0, 1)")
+    ranked = sorted((p, i) for i, p in enumerate(p_values) if p is not None)
+    m = len(ranked)
+    last = max((rank for rank, (p, _) in enumerate(ranked, 1) if p <= q * rank / m), default=0)
+    keep = [False] * len(p_values)
+    for _, i in ranked[:last]:
+        keep[i] = True
+    return keep
+
+
 def loglog_slope(xs: Sequence[float], ys: Sequence[float]) -> float | None:
     """Exponent k of y ~ x**k by least squares on logs; None below 2 distinct x.
 

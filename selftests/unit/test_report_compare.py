@@ -91,3 +91,24 @@ def test_single_build_sides_are_compared_whole(tmp_path):
     (result,) = compare.compare_job_sets(collect.load_points([a]), collect.load_points([b]),
                                          a_label="job-a", b_label="job-b")
     assert (result.a_label, result.b_label) == ("job-a", "job-b") and result.answer == compare.NO
+
+
+def test_report_wide_control_withdraws_a_lone_chance_flag(tmp_path):
+    a, b = _jobs(tmp_path, seed_a=11, seed_b=12, reps=8)
+    result = compare.compare_dirs([a], [b])
+    lone = result.rows[0]
+    result.rows[0] = compare.ABRow(lone.mode, lone.guest_mem_mib, lone.figure, stats.Verdict(
+        stats.REGRESSION, 8, 8, 1.0, 1.3, 0.3, 0.04, 0.05, 0.2), 0, 0)
+    assert compare.control_report([result]) == 1
+    assert result.rows[0].verdict.verdict == stats.NO_CHANGE
+    assert "not a discovery over the report's 18 comparisons" in result.rows[0].verdict.note
+    assert result.answer == compare.NO
+
+
+def test_report_wide_control_keeps_a_real_shift(tmp_path):
+    """The negative control of the above: a 50 % longer pause everywhere stays flagged."""
+    a, b = _jobs(tmp_path, seed_a=11, seed_b=12, reps=8, pause_scale={"system": 1.5})
+    result = compare.compare_dirs([a], [b])
+    before = len(result.regressions)
+    assert before >= 3
+    assert compare.control_report([result]) == 0 and len(result.regressions) == before

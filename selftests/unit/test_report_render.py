@@ -76,8 +76,10 @@ def test_csv_and_json_hold_every_raw_point(matrix_report):
 
 
 def test_compare_dirs_and_output_option(tmp_path):
-    a = make_job(tmp_path, "job-a", scale_tests(reps=4, seed=1))
-    b = make_job(tmp_path, "job-b", scale_tests(reps=4, seed=2, pause_scale={"system": 2.0}))
+    # 6 runs a side: with 4, no row of 18 survives the report-wide control
+    # (the rank test's smallest p, 0.029, is above 6 x 0.05 / 18)
+    a = make_job(tmp_path, "job-a", scale_tests(reps=6, seed=1))
+    b = make_job(tmp_path, "job-b", scale_tests(reps=6, seed=2, pause_scale={"system": 2.0}))
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "mine.png").write_bytes(b"not ours")
     (tmp_path / "out" / "ab7_pause.png").write_bytes(b"stale")

@@ -135,3 +135,16 @@ def test_loglog_slope():
     assert stats.loglog_slope([256], [1]) is None
     assert stats.loglog_slope([256, 256], [1, 2]) is None
     assert stats.loglog_slope([256, 512, 1024], [0, 2, 4]) == pytest.approx(1.0)  # 0 skipped
+
+
+# --- report-wide control: Benjamini-Hochberg ----------------------------------------------
+
+def test_benjamini_hochberg_step_up():
+    # m = 5 tested: thresholds 0.01 0.02 0.03 0.04 0.05; the largest rank under
+    # its threshold is 3 (0.029 <= 0.03), so ranks 1-3 are discoveries
+    p = [0.001, 0.5, 0.029, None, 0.015, 0.045]
+    assert stats.benjamini_hochberg(p, 0.05) == [True, False, True, False, True, False]
+    assert stats.benjamini_hochberg([0.04] * 4, 0.05) == [True] * 4
+    assert stats.benjamini_hochberg([None, None]) == [False, False]
+    with pytest.raises(ValueError):
+        stats.benjamini_hochberg([0.1], 1.5)

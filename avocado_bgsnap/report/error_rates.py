@@ -1,0 +1,152 @@
+"""How often does the A/B verdict flag a change that is not there, and how
+often does it find one that is?  Measured on real runs, by resampling.
+
+A *pool* is the values of one compared figure over the runs of one measured
+point (QEMU build, mode, guest RAM) of real jobs: runs of the same thing, so
+any two sets drawn from it are an A/A.  One trial is one simulated report
+of ``rows`` comparisons (row i draws from pool i mod the number of pools):
+
+* **A/A**: A and B are drawn from the pool -- without replacement while the
+  pool holds 2 x reps values, else with replacement -- and compared with
+  :func:`stats.compare`; every flag is a false one.
+* **power**: the same, with B scaled by ``1 + shift`` in the worse direction
+  on one row (each row in turn); found = that row flagged as a regression.
+
+With ``control`` the report-wide false discovery control of
+:func:`compare.control_report` (Benjamini-Hochberg over the report's rows)
+is applied, as ``avocado bgsnap report`` does.  Pure: points in, rates out.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import asdict, dataclass
+from typing import Iterable, Sequence
+
+from . import collect, stats
+from .figures import COMPARED, Figure
+
+DEFAULT_TRIALS = 400
+DEFAULT_SHIFTS = (0.2, 0.5)
+
+
+@dataclass(frozen=True)
+class Pool:
+    build: str
+    mode: str
+    guest_mem_mib: int
+    figure: Figure
+    values: tuple[float, ...]
+
+    @property
+    def label(self) -> str:
+        return f"{self.build} {self.mode} {self.guest_mem_mib} MiB {self.figure.key}"
+
+
+def pools(points: Iterable[collect.Point], min_values: int = 6,
+          figures: Sequence[Figure] = COMPARED) -> list[Pool]:
+    """Every (point, figure) of passed runs with at least ``min_values`` values."""
+    out = []
+    for series in collect.group_series(points):
+        ok = [p for p in series.points if p.ok]
+        for figure in figures:
+            if not figure.applies_to(series.mode):
+                continue
+            values = tuple(v for v in (p.figure(figure.key) for p in ok) if v is not None)
+            if len(values) >= min_values:
+                out.append(Pool(series.qemu_build, series.mode, series.guest_mem_mib, figure,
+                                values))
+    return out
+
+
+def _draw(pool: Pool, reps: int, rng: random.Random) -> tuple[list[float], list[float]]:
+    values = list(pool.values)
+    if len(values) >= 2 * reps:
+        picked = rng.sample(values, 2 * reps)
+    else:
+        picked = [rng.choice(values) for _ in range(2 * reps)]
+    return picked[:reps], picked[reps:]
+
+
+def _shifted(values: list[float], shift: float, higher_is_worse: bool) -> list[float]:
+    factor = 1 + shift
+    return [v * factor if higher_is_worse else v / factor for v in values]
+
+
+def _trial(pool_list: Sequence[Pool], rows: int, reps: int, rng: random.Random,
+           target: int | None, shift: float, control: bool,
+           min_effect: float, alpha: float) -> list[stats.Verdict]:
+    verdicts = []
+    for row in range(rows):
+        pool = pool_list[row % len(pool_list)]
+        a, b = _draw(pool, reps, rng)
+        if row == target:
+            b = _shifted(b, shift, pool.figure.higher_is_worse)
+        verdicts.append(stats.compare(a, b, min_effect=min_effect, alpha=alpha,
+                                      higher_is_worse=pool.figure.higher_is_worse))
+    if control:
+        keep = stats.benjamini_hochberg([v.p_value for v in verdicts], alpha)
+        verdicts = [v if (not v.flagged or kept) else stats.Verdict(
+            stats.NO_CHANGE, v.n_a, v.n_b, v.median_a, v.median_b, v.rel_change, v.p_value,
+            v.alpha, v.min_effect, "withdrawn by the report-wide control")
+            for v, kept in zip(verdicts, keep)]
+    return verdicts
+
+
+@dataclass(frozen=True)
+class Rates:
+    reps: int
+    rows: int
+    control: bool
+    trials: int
+    false_flag_rate: float          # flagged rows / rows, A/A
+    reports_with_false_flag: float  # trials with at least one flag, A/A
+    power: dict[str, float]         # shift ("20 %") -> fraction of trials the shifted row was found
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def measure(pool_list: Sequence[Pool], reps: int, rows: int | None = None,
+            trials: int = DEFAULT_TRIALS, shifts: Sequence[float] = DEFAULT_SHIFTS,
+            control: bool = True, seed: int = 1,
+            min_effect: float = stats.DEFAULT_MIN_EFFECT,
+            alpha: float = stats.DEFAULT_ALPHA) -> Rates:
+    """The verdict's error rates at ``reps`` runs per side, from these pools."""
+    if not pool_list:
+        raise collect.ReportError("no pool of repeated runs to resample (each compared "
+                                  "figure of a point needs at least 6 passed runs)")
+    if reps < 1 or trials < 1:
+        raise ValueError(f"reps {reps} and trials {trials} must be >= 1")
+    rows = rows or len(pool_list)
+    rng = random.Random(seed)
+    flagged = with_flag = 0
+    for _ in range(trials):
+        verdicts = _trial(pool_list, rows, reps, rng, None, 0.0, control, min_effect, alpha)
+        hits = sum(v.flagged for v in verdicts)
+        flagged += hits
+        with_flag += hits > 0
+    power = {}
+    for shift in shifts:
+        found = 0
+        for trial in range(trials):
+            target = trial % rows
+            verdicts = _trial(pool_list, rows, reps, rng, target, shift, control,
+                              min_effect, alpha)
+            found += verdicts[target].verdict == stats.REGRESSION
+        power[f"{shift * 100:.0f} %"] = found / trials
+    return Rates(reps, rows, control, trials, flagged / (trials * rows), with_flag / trials,
+                 power)
+
+
+def render(pool_list: Sequence[Pool], results: Sequence[Rates]) -> str:
+    lines = [f"pools: {len(pool_list)} (" + "; ".join(
+        f"{p.label}: {len(p.values)} runs" for p in pool_list) + ")"]
+    shifts = list(results[0].power) if results else []
+    lines.append("reps  rows  control  false flags/row  reports with a flag  "
+                 + "  ".join(f"found {s}" for s in shifts))
+    for r in results:
+        lines.append(f"{r.reps:4d}  {r.rows:4d}  {'BH' if r.control else 'none':7s}  "
+                     f"{r.false_flag_rate * 100:14.2f} %  {r.reports_with_false_flag * 100:18.1f} %  "
+                     + "  ".join(f"{r.power[s] * 100:8.1f} %" for s in shifts))
+    return "\n".join(lines)

@@ -1,0 +1,54 @@
+"""report.error_rates: the A/B verdict's false flags and power, by resampling real runs."""
+
+import random
+
+import pytest
+from test_report_synthetic import make_job, scale_tests
+
+from avocado_bgsnap.report import collect, error_rates, figures
+
+
+def _pool(values, figure=figures.PAUSE):
+    return error_rates.Pool("system", "background", 256, figure, tuple(values))
+
+
+def test_quiet_runs_never_false_flag_and_a_large_shift_is_found():
+    rng = random.Random(3)
+    quiet = _pool([rng.lognormvariate(0, 0.05) for _ in range(40)])
+    rates = error_rates.measure([quiet], reps=8, rows=4, trials=40, shifts=(0.5,))
+    assert rates.false_flag_rate == 0 and rates.reports_with_false_flag == 0
+    assert rates.power["50 %"] >= 0.95
+
+
+def test_no_shift_is_never_found():
+    """The negative control of the power figure: 'found' at a 0 % shift is a false flag."""
+    rng = random.Random(3)
+    quiet = _pool([rng.lognormvariate(0, 0.05) for _ in range(40)])
+    rates = error_rates.measure([quiet], reps=8, rows=4, trials=40, shifts=(0.0,))
+    assert rates.power["0 %"] == 0
+
+
+def test_noisy_runs_false_flag_without_control_and_less_with_it():
+    rng = random.Random(5)
+    noisy = _pool([rng.lognormvariate(0, 0.9) for _ in range(40)])
+    bare = error_rates.measure([noisy], reps=5, rows=16, trials=60, shifts=(), control=False)
+    held = error_rates.measure([noisy], reps=5, rows=16, trials=60, shifts=(), control=True)
+    assert bare.false_flag_rate > 0.01
+    assert held.false_flag_rate < bare.false_flag_rate / 4
+
+
+def test_lower_is_worse_figures_are_shifted_down():
+    assert error_rates._shifted([2.0], 1.0, higher_is_worse=False) == [1.0]
+    assert error_rates._shifted([2.0], 1.0, higher_is_worse=True) == [4.0]
+
+
+def test_pools_come_from_repeated_passed_runs(tmp_path):
+    job = make_job(tmp_path, "job-a", scale_tests(reps=6, sizes=(256,)))
+    pools = error_rates.pools(collect.load_points([job]))
+    assert {(p.mode, p.figure.key, len(p.values)) for p in pools} == {
+        ("background", "pause_ms", 6), ("background", "stall_max_ms", 6),
+        ("background", "stall_p99_us", 6), ("background", "snapshot_total_s", 6),
+        ("stop_save", "pause_ms", 6), ("stop_save", "snapshot_total_s", 6)}
+    assert error_rates.pools(collect.load_points([job]), min_values=7) == []
+    with pytest.raises(collect.ReportError, match="no pool of repeated runs"):
+        error_rates.measure([], reps=5)
