@@ -221,11 +221,6 @@ def judge(disk: DiskJournal, state: JournalState, ram_steps_total: int) -> Journ
     if disk.torn_tail and n + 1 > state.pending_seq:
         problems.append(f"a damaged record after record {n}, which the RAM had not begun "
                         f"to write")
-    if 0 < state.durable_seq <= n:
-        on_disk = disk.records[state.durable_seq - 1].step
-        if on_disk != state.durable_step:
-            problems.append(f"record {state.durable_seq} names step {on_disk} on the disk, "
-                            f"{state.durable_step} in the RAM")
     if state.errors:
         problems.append(f"the journal thread reported {state.errors} write/fsync errors")
     figures = {"disk_records": n, "disk_last_step": disk.last_step,

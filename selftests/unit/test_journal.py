@@ -126,12 +126,6 @@ def test_a_step_beyond_the_rams_is_caught():
     assert any("beyond the restored RAM's 140" in p for p in verdict.problems)
 
 
-def test_durable_record_with_another_step_is_caught():
-    verdict = judge(8, pending=9, durable=8, durable_step=1)
-    assert any("record 8 names step 156 on the disk, 1 in the RAM" in p
-               for p in verdict.problems)
-
-
 def test_torn_record_the_ram_had_not_begun_is_caught():
     data = file_of(records(9)) + b"\x77" * 64
     verdict = journal.judge(journal.parse_journal(data, NONCE), state(9, 9), 10**9)
