@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import re
 import shlex
+import shutil
 import subprocess
 import time
 from dataclasses import dataclass
@@ -73,9 +74,8 @@ class DiskFiles:
 
     @classmethod
     def in_dir(cls, directory: Path) -> "DiskFiles":
-        for_ = lambda name: Path(directory) / f"{DISK_STEM}-{name}"  # noqa: E731
-        files = cls(for_("base.qcow2"), for_("overlay.qcow2"), for_("restore.qcow2"),
-                    for_("fsck.raw"), for_("journal.bin"))
+        files = cls(*(Path(directory) / f"{DISK_STEM}-{name}" for name in (
+            "base.qcow2", "overlay.qcow2", "restore.qcow2", "fsck.raw", "journal.bin")))
         for path in files.all():
             if _UNSAFE_PATH.search(str(path)):
                 raise DiskError(f"the snapshot dir {directory} holds a character QEMU's "
@@ -92,10 +92,18 @@ class DiskFiles:
             path.unlink(missing_ok=True)
 
 
-def unsupported_reason(tools=("qemu-img", "mkfs.ext4", "e2fsck", "debugfs")) -> str | None:
+TOOLS = ("qemu-img", "mkfs.ext4", "e2fsck", "debugfs")
+# e2fsprogs installs into /sbin, which a user's PATH often lacks
+SBIN = "/usr/sbin:/sbin"
+
+
+def which(tool: str) -> str | None:
+    return shutil.which(tool) or shutil.which(tool, path=SBIN)
+
+
+def unsupported_reason(tools=TOOLS) -> str | None:
     """Why this host cannot run the whole-VM test, or None."""
-    import shutil
-    missing = [t for t in tools if shutil.which(t) is None]
+    missing = [t for t in tools if which(t) is None]
     if missing:
         return (f"the whole-VM snapshot needs {', '.join(missing)} on the host "
                 f"(Debian: qemu-utils, e2fsprogs)")
@@ -103,6 +111,7 @@ def unsupported_reason(tools=("qemu-img", "mkfs.ext4", "e2fsck", "debugfs")) -> 
 
 
 def _tool(argv: list[str], what: str, ok=(0,)) -> subprocess.CompletedProcess:
+    argv = [which(argv[0]) or argv[0]] + list(argv[1:])
     proc = subprocess.run(argv, capture_output=True, text=True, check=False)
     if proc.returncode not in ok:
         raise DiskError(f"{what}: {shlex.join(argv)} exited {proc.returncode}: "

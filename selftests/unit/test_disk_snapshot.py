@@ -64,6 +64,18 @@ def test_guest_device_lookup():
     assert "/sys/block/vd*" in cmd and "/dev/disk/by-id/virtio-bgsnap-journal" in cmd
 
 
+def test_tools_are_found_in_sbin_too(monkeypatch, tmp_path):
+    tool = tmp_path / "mkfs.fake"
+    tool.write_text("#!/bin/sh\n")
+    tool.chmod(0o755)
+    monkeypatch.setenv("PATH", "/nonexistent")
+    monkeypatch.setattr(disk_snapshot, "SBIN", str(tmp_path))
+    assert disk_snapshot.which("mkfs.fake") == str(tool)
+    assert disk_snapshot.unsupported_reason(("mkfs.fake",)) is None
+    # negative: a tool in neither is named
+    assert "needs nosuchtool" in disk_snapshot.unsupported_reason(("mkfs.fake", "nosuchtool"))
+
+
 def test_guest_has_the_disk_modules(tmp_path):
     assert {"virtio_blk", "ext4"} <= set(build.GUEST_MODULES)
     assert build.TRANSPORT_DEPS["virtio_blk"] == ("virtio_pci",)
