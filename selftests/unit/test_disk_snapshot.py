@@ -123,3 +123,22 @@ def test_restore_overlay_leaves_the_base(tmp_path):
     assert str(files.base) in info and files.restore.stat().st_mode & 0o777 == 0o600
     files.remove()
     assert not any(p.exists() for p in files.all())
+
+
+def test_leftover_check_counts_disk_files_unless_kept(tmp_path):
+    import json
+
+    from avocado_bgsnap import leftovers
+    job = tmp_path / "job"
+    work = job / "test-results" / "1-disk.background"
+    (work / "data").mkdir(parents=True)
+    files = DiskFiles.in_dir(work)
+    for path in (files.base, files.overlay, files.restore):
+        path.write_bytes(b"x")
+    found = leftovers.snapshot_files(job, [], 0)
+    assert set(found) == {p.resolve() for p in (files.base, files.overlay, files.restore)}
+    # kept on purpose (bgsnap_keep_snapshot): recorded, so not a leftover
+    (work / "data" / "bgsnap-metrics.json").write_text(json.dumps({
+        "keep_snapshot": True, "snapshot_file": str(work / "bgsnap-snapshot.bin"),
+        "kept_files": [str(files.base), str(files.overlay)]}))
+    assert leftovers.snapshot_files(job, [], 0) == [files.restore.resolve()]
