@@ -278,6 +278,47 @@ def ab_error_rates(config) -> int:
     return EXIT_OK
 
 
+def ab_confirm(config) -> int:
+    """Re-run a job's A/B flags, A and B interleaved, and keep those that
+    hold (report/confirm.py); the job's report is written again."""
+    from .report import build as report_build, collect, compare, confirm
+
+    job = Path(_opt(config, "job") or paths.results_dir() / "latest").resolve()
+    runs = _opt(config, "confirm_runs") or 5
+    try:
+        comparisons = compare.compare_builds(collect.load_points([job]))
+        compare.control_report(comparisons)
+        flag_list = confirm.flags(comparisons)
+        refs = confirm.plan(flag_list, runs) if flag_list else []
+    except (collect.ReportError, confirm.ConfirmError) as exc:
+        LOG_UI.error("cannot confirm: %s", exc)
+        return EXIT_FAIL
+    if not flag_list:
+        LOG_UI.info("nothing to confirm: no A/B flag between QEMU builds in %s", job)
+        return EXIT_OK
+    LOG_UI.info("re-running %d flag(s) as %d tests, A and B interleaved: %s",
+                len(flag_list), len(refs), " ".join(refs))
+    before = set(job.parent.glob("job-*"))
+    subprocess.run([sys.executable, "-m", "avocado", "run", *refs], check=False)
+    rerun = sorted(set(job.parent.glob("job-*")) - before)
+    if not rerun:
+        LOG_UI.error("cannot confirm: the re-run made no job in %s", job.parent)
+        return EXIT_FAIL
+    confirmations = confirm.judge(flag_list, collect.load_points(rerun[-1:]))
+    out = confirm.write(job, rerun[-1], confirmations)
+    for c in confirmations:
+        f = c.flag
+        LOG_UI.info("%s %s vs %s, %s %d MiB %s: re-run says %s (p %s, %d/%d runs)",
+                    "CONFIRMED" if c.confirmed else "not confirmed", f.b_label, f.a_label,
+                    f.mode, f.guest_mem_mib, f.figure, c.rerun,
+                    "n/a" if c.p_value is None else f"{c.p_value:.3g}", c.n_a, c.n_b)
+    LOG_UI.info("json     %s", out)
+    result = report_build.make_report([job])
+    for line in result.answers:
+        LOG_UI.info("%s", line)
+    return EXIT_OK
+
+
 def _safe(name: str) -> str:
     return "".join(c if c.isalnum() or c in "._-" else "_" for c in name)
 
@@ -296,6 +337,7 @@ def dispatch(subcommand: str | None, config) -> int:
         "validate-kernel": validate_kernel,
         "repro": repro,
         "ab-error-rates": ab_error_rates,
+        "ab-confirm": ab_confirm,
     }
     if subcommand not in handlers:
         LOG_UI.error("usage: avocado bgsnap {%s}", ",".join(handlers))

@@ -52,6 +52,8 @@ OPTIONS = (
     ("rates_rows", int, None, "Comparisons in one simulated report (default: one per pool; "
      "'avocado run ab' makes 16)", "--rows"),
     ("rates_trials", int, None, "Simulated reports per figure (default 400)", "--trials"),
+    ("confirm_runs", int, None, "Runs per side of each flagged point (default 5, at least 4)",
+     "--runs"),
     ("repro_output", str, None, "Folder for the script and its files (default: "
      "<job>/bgsnap-repro/<test>)", "--output"),
 )
@@ -81,6 +83,9 @@ SUBCOMMANDS = {
     "ab-error-rates": ("The A/B verdict's false-flag rate and power at N runs per side, "
                        "resampled from the real runs of the given jobs (docs/benchmarks.md)",
                        ("report_jobs", "rates_reps", "rates_rows", "rates_trials")),
+    "ab-confirm": ("Re-run a job's A/B flags between QEMU builds, A and B interleaved, and "
+                   "report confirmed flags apart (docs/benchmarks.md)",
+                   ("job", "confirm_runs")),
     "repro": ("Write a standalone reproducer (QEMU + Python 3 + bgsnap-wl) of a failed "
               "test (docs/repro.md)", ("repro_job", "repro_test", "repro_output")),
 }

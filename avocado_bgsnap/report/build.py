@@ -12,7 +12,7 @@ from typing import Callable, Mapping, Sequence
 
 import json
 
-from . import (collect, compare, fleet, kernel, memconfig, plots, render, shapes, stats,
+from . import (collect, compare, confirm, fleet, kernel, memconfig, plots, render, shapes, stats,
                tables)
 from .figures import PAUSE, fmt, fmt_mib
 
@@ -114,6 +114,7 @@ def make_report(job_paths: Sequence[Path | str], compare_paths: Sequence[Path | 
         comparisons = compare.compare_builds(points, min_effect=min_effect, alpha=alpha)
     # one false discovery rate for the whole report, not one alpha per row
     withdrawn = compare.control_report(comparisons, q=alpha)
+    confirm.apply(comparisons, confirm.load(jobs))     # flags re-run by ab-confirm
 
     outdir = Path(output) if output else default_outdir(job_paths[0])
     outdir.mkdir(parents=True, exist_ok=True)

@@ -21,6 +21,7 @@ from . import collect, stats
 from .figures import COMPARED, Figure
 
 YES, NO, CANNOT_TELL = "yes", "no", "cannot tell"
+UNCONFIRMED = "unconfirmed"     # flagged, not yet re-run (report/confirm.py)
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,9 @@ class ABRow:
     verdict: stats.Verdict
     failed_a: int               # runs on each side whose test failed
     failed_b: int
+    # a flag re-run by report/confirm.py: True = flagged again, False = not;
+    # None = not re-run (yet)
+    confirmed: bool | None = None
 
 
 @dataclass
@@ -56,17 +60,30 @@ class ABComparison:
 
     @property
     def answer(self) -> str:
-        """Did B make the pause or the stalls worse?"""
-        if self.regressions:
+        """Did B make the pause or the stalls worse?  Only a regression its
+        re-run flagged again is a yes (report/confirm.py)."""
+        if any(r.confirmed for r in self.regressions):
             return YES
+        if any(r.confirmed is None for r in self.regressions):
+            return UNCONFIRMED
         return NO if self.decided else CANNOT_TELL
 
     def answer_line(self) -> str:
-        text = {YES: "YES", NO: "no", CANNOT_TELL: "cannot tell"}[self.answer]
+        text = {YES: "YES", NO: "no", CANNOT_TELL: "cannot tell",
+                UNCONFIRMED: "not yet known"}[self.answer]
+        flagged = len(self.regressions)
+        confirmed = sum(bool(r.confirmed) for r in self.regressions)
+        pending = sum(r.confirmed is None for r in self.regressions)
+        detail = ""
+        if flagged:
+            detail = (f" ({confirmed} confirmed, {pending} awaiting a re-run, "
+                      f"{flagged - confirmed - pending} not confirmed by it)")
         line = (f"Is {self.b_label} worse than {self.a_label} (pause or stalls)? {text}: "
-                f"{len(self.regressions)} regression(s), {len(self.improvements)} "
+                f"{flagged} regression(s) flagged{detail}, {len(self.improvements)} "
                 f"improvement(s), {len(self.decided) - len(self.regressions) - len(self.improvements)}"
                 f" unchanged of {len(self.rows)} comparisons")
+        if pending:
+            line += "; confirm with: avocado bgsnap ab-confirm --job JOB"
         lacking = len(self.rows) - len(self.decided)
         if lacking:
             line += f"; {lacking} without enough runs"

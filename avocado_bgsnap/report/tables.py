@@ -123,6 +123,9 @@ def ab_table(comparison: ABComparison) -> Table:
         if row.failed_a or row.failed_b:
             runs += f" ({row.failed_a}/{row.failed_b} failed)"
         verdict = v.verdict + (f" ({v.note})" if v.verdict == stats.NOT_ENOUGH and v.note else "")
+        if v.flagged:
+            verdict += {True: " (confirmed)", False: " (not confirmed by the re-run)",
+                        None: " (unconfirmed)"}[row.confirmed]
         table.rows.append([row.mode, fmt_mib(row.guest_mem_mib), row.figure.title,
                            fmt(v.median_a), fmt(v.median_b), fmt_pct(v.rel_change),
                            "n/a" if v.p_value is None else f"{v.p_value:.3g}", runs, verdict])

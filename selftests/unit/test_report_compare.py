@@ -32,7 +32,17 @@ def test_fifty_percent_longer_pause_is_a_regression(tmp_path):
     assert sorted(flagged) == sorted((m, s, "pause_ms") for m in ("background", "stop_save")
                                      for s in (256, 512, 1024))
     assert all(r.verdict.verdict == stats.REGRESSION for r in result.regressions)
+    # flagged, but a flag is a yes only once a re-run confirms it (report/confirm.py)
+    assert result.answer == compare.UNCONFIRMED
+    assert "not yet known: 6 regression(s) flagged (0 confirmed, 6 awaiting a re-run, 0 not " \
+        "confirmed by it)" in result.answer_line()
+    assert result.answer_line().endswith("confirm with: avocado bgsnap ab-confirm --job JOB")
+    for i, row in enumerate(result.rows):
+        if row.verdict.flagged:
+            result.rows[i] = compare.ABRow(**{**row.__dict__, "confirmed": i % 2 == 0})
     assert result.answer == compare.YES and "YES" in result.answer_line()
+    result.rows = [compare.ABRow(**{**r.__dict__, "confirmed": False}) for r in result.rows]
+    assert result.answer == compare.NO
     # the other way round it is an improvement, and the answer is no
     reverse = compare.compare_dirs([b], [a])
     assert reverse.answer == compare.NO and len(reverse.improvements) == 6
@@ -42,7 +52,7 @@ def test_worse_stalls_alone_are_a_regression(tmp_path):
     a, b = _jobs(tmp_path, seed_a=11, seed_b=12, stall_scale={"system": 3.0})
     result = compare.compare_dirs([a], [b])
     keys = {r.figure.key for r in result.regressions}
-    assert keys == {"stall_max_ms", "stall_p99_us"} and result.answer == compare.YES
+    assert keys == {"stall_max_ms", "stall_p99_us"} and result.answer == compare.UNCONFIRMED
 
 
 def test_three_runs_per_side_cannot_tell(tmp_path):
@@ -82,7 +92,7 @@ def test_side_by_side_jobs_are_compared_build_with_build(tmp_path):
     assert (system.a_label, system.b_label) == ("job-a [system]", "job-b [system]")
     assert not any("mixes" in w for w in system.warnings)
     assert any("one side only" in w and "qemu10" in w for w in system.warnings)
-    assert system.answer == compare.YES
+    assert system.answer == compare.UNCONFIRMED and system.regressions
     assert {p.qemu_build for p in system.a_points} == {"system"}
 
 

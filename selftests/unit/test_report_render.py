@@ -87,9 +87,10 @@ def test_compare_dirs_and_output_option(tmp_path):
     assert result.outdir == tmp_path / "out"
     assert (tmp_path / "out" / "mine.png").read_bytes() == b"not ours"   # not ours: kept
     assert not (tmp_path / "out" / "ab7_pause.png").exists()            # stale: removed
-    assert result.answers[0].startswith("Is job-b worse than job-a (pause or stalls)? YES")
+    assert result.answers[0].startswith(
+        "Is job-b worse than job-a (pause or stalls)? not yet known: 6 regression(s) flagged")
     text = (tmp_path / "out" / "summary.md").read_text()
-    assert "| regression |" in text and "(baseline A)" in text
+    assert "| regression (unconfirmed) |" in text and "(baseline A)" in text
     assert '<td class="regression">' in (tmp_path / "out" / "summary.html").read_text()
 
 
