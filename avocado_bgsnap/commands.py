@@ -12,6 +12,8 @@ from avocado.core.output import LOG_UI
 from . import (host, metrics, paths, preflight, qemu_builds, qmp_trace, uffdcheck, vt_compat,
                vtsetup)
 from .guest import build as guest_build
+from .guest import delivery as guest_delivery
+from .guest import distro as guest_distro
 from .host.memory import HostMemoryError
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
@@ -28,7 +30,24 @@ def build_guest(config) -> guest_build.GuestAssets:
                                      Path(kernel) if kernel else None)
     LOG_UI.info("guest ready in %.1fs: kernel %s (%s), initrd %s",
                 time.monotonic() - started, assets.kernel, assets.kernel_package, assets.initrd)
+    wl_disk = guest_distro.build_wl_disk(paths.guest_cache_dir(), LOG_UI.info)
+    LOG_UI.info("workload delivery disk %s", wl_disk)
     return assets
+
+
+def build_distro_guest(config) -> int:
+    """``build-guest --distro``: the Debian guest (docs/guests.md), and the
+    top-level cfg's include of cfg/guests.cfg."""
+    started = time.monotonic()
+    build_guest(config)  # the workload binary and its delivery disk
+    guest = guest_distro.build_distro_guest(
+        paths.guest_cache_dir(), _opt(config, "distro"),
+        guest_build.workload_binary(paths.guest_cache_dir()), LOG_UI.info)
+    vtsetup.refresh_guests_include()
+    LOG_UI.info("%s ready in %.1fs: kernel %s (%s), initrd %s, root image %s",
+                guest.distro.name, time.monotonic() - started, guest.kernel,
+                guest.kernel_version, guest.initrd, guest.image)
+    return EXIT_OK
 
 
 def host_check(config) -> int:
@@ -326,7 +345,8 @@ def _safe(name: str) -> str:
 def dispatch(subcommand: str | None, config) -> int:
     handlers = {
         "host-check": host_check,
-        "build-guest": lambda c: build_guest(c) and EXIT_OK,
+        "build-guest": lambda c: (build_distro_guest(c) if _opt(c, "distro")
+                                  else build_guest(c) and EXIT_OK),
         "setup": setup,
         "summary": summary,
         "report": report,
@@ -345,6 +365,7 @@ def dispatch(subcommand: str | None, config) -> int:
     try:
         return handlers[subcommand](config)
     except (guest_build.GuestBuildError, vtsetup.VtSetupError,
-            qemu_builds.QemuBuildError) as exc:
+            qemu_builds.QemuBuildError, guest_distro.DistroBuildError,
+            guest_delivery.DeliveryError) as exc:
         LOG_UI.error("%s", exc)
         return EXIT_FAIL

@@ -85,10 +85,30 @@ class SnapshotCycle:
 
     # -- 2 ------------------------------------------------------------------
     def log_in(self, boot_started: float) -> None:
-        """Log into the booted guest's serial shell (no workload yet)."""
-        self.session = vt_compat.serial_login(self.vm, LOGIN_TIMEOUT)
-        self.record.set("boot_s", round(time.monotonic() - boot_started, 3))
-        self.log("guest shell after %.1fs" % self.record.get("boot_s"))
+        """Log into the booted guest's serial shell (no workload yet).  A
+        guest with a login prompt (cfg/guests.cfg): ``boot_s`` until the
+        prompt, ``login_s`` from it to the shell."""
+        login = self.cfg.login
+        prompt_at = None
+        if login.prompt:
+            try:
+                self.vm.serial_console.read_until_last_line_matches(
+                    [login.prompt], timeout=login.timeout_s)
+            except Exception as exc:  # aexpect's timeout or a dead QEMU
+                raise CycleError(f"no login prompt ({login.prompt!r}) on the {login.guest} "
+                                 f"guest's serial console within {login.timeout_s:.0f}s "
+                                 f"(bgsnap_login_timeout): {exc}") from exc
+            prompt_at = time.monotonic()
+        self.session = vt_compat.serial_login(self.vm, login.timeout_s, login.attempt_s)
+        shell_at = time.monotonic()
+        self.record.set("guest", login.guest)
+        self.record.set("boot_s", round((prompt_at or shell_at) - boot_started, 3))
+        if prompt_at is not None:
+            self.record.set("login_s", round(shell_at - prompt_at, 3))
+            self.log("%s guest: login prompt after %.1fs, shell %.1fs later" % (
+                login.guest, self.record.get("boot_s"), self.record.get("login_s")))
+        else:
+            self.log("guest shell after %.1fs" % self.record.get("boot_s"))
 
     def boot_and_fill(self, boot_started: float) -> None:
         """Log into the booted guest, start the workload, wait for the fill."""
@@ -104,6 +124,8 @@ class SnapshotCycle:
         status = self.workload.wait_running(self.cfg.fill_timeout_s)
         self.record.stop("fill")
         self.record.set("fill_mib_s", status.get("fill_mib_per_s"))
+        # what the workload saw and set in the guest: THP mode, memlock, sysctls
+        self.record.set("guest_settings", status.get("guest"))
         self.log("workload running: %s" % status)
 
     def hold_workload(self) -> None:
@@ -349,10 +371,11 @@ class SnapshotCycle:
 
     def _login_restored(self, clone):
         try:
-            return vt_compat.serial_login(clone, RESTORED_LOGIN_TIMEOUT)
+            return vt_compat.serial_login(clone, self.cfg.login.restored_timeout_s,
+                                          self.cfg.login.attempt_s)
         except remote.LoginError as exc:
             raise GuestWedged(f"the restored guest does not answer on its console within "
-                              f"{RESTORED_LOGIN_TIMEOUT}s (run state "
+                              f"{self.cfg.login.restored_timeout_s:.0f}s (run state "
                               f"{self.record.get('restored_status')})") from exc
 
     def _verify_in_guest(self, clone) -> VerifyResult:

@@ -37,6 +37,8 @@ OPTIONS = (
      "it into BGSNAP_HOME/qemu (nothing is installed)", "--backports"),
     ("qemu_dir", str, None, "A QEMU build folder: unpacked Debian packages (usr/bin/...), an "
      "install prefix (bin/...) or a build tree (qemu-system-x86_64 + pc-bios/)", "--dir"),
+    ("distro", str, None, "Build a Debian guest instead: bookworm (Debian 12) or trixie "
+     "(Debian 13), debootstrapped offline into a qcow2 (docs/guests.md)", "--distro"),
     ("qemu_name", str, None, "Name of the build in test names (default: qemuMAJOR_MINOR_MICRO)",
      "--name"),
     ("uffd_json", str, None, "Also write the self-check's results as JSON to FILE", "--json"),
@@ -60,8 +62,8 @@ OPTIONS = (
 SUBCOMMANDS = {
     "host-check": ("Check QEMU, userfaultfd write-protect and the accelerator",
                    ("qemu_binary", "accel", "kvm_probe_timeout", "json")),
-    "build-guest": ("Build (or reuse) the embedded guest: kernel + busybox initramfs",
-                    ("kernel",)),
+    "build-guest": ("Build (or reuse) the embedded guest: kernel + busybox initramfs; with "
+                    "--distro a Debian guest (docs/guests.md)", ("kernel", "distro")),
     "setup": ("Build the guest and configure Avocado-VT offline for the suite",
               ("qemu_binary", "kernel")),
     "summary": ("Print each test's figures of a job (default: the latest job)",

@@ -12,6 +12,7 @@ import tempfile
 from pathlib import Path
 
 from . import host, internal_snapshot, paths, qemu_builds, vt_compat
+from .guest import distro as guest_distro
 from .guest.build import GUEST_READY_MARKER
 from .host.memory import parse_meminfo
 from .memory.config import HUGETLB
@@ -161,6 +162,9 @@ def check_inputs(params, cfg: BgsnapSettings, with_snapshot: bool = True) -> Non
     """What the user gave, against this host, before any QEMU starts: the
     guest's files, the snapshot dir, the guest's size (SettingsError naming
     the param: an ERROR, not a CANCEL)."""
+    distro_error = guest_distro.missing_guest(params)
+    if distro_error:
+        raise SettingsError(distro_error)
     for key in GUEST_FILES + ((VERIFIER_FILE,) if with_snapshot else ()):
         check_file(params, key)
     if with_snapshot and cfg.snapshot_dir is not None:
@@ -185,6 +189,10 @@ def check_test_host(params, cfg, with_snapshot: bool = True) -> host.HostFacts:
     transport and mode it saves with)."""
     check_inputs(params, cfg, with_snapshot)
     snapshot_args = (cfg.transport, cfg.mode) if with_snapshot else ()
-    return check_host(params["qemu_binary"], cfg.accel, Path(params["kernel"]),
-                      Path(params["initrd"]), cfg.kvm_probe_timeout_s, *snapshot_args)
+    # the KVM probe boots the embedded guest whatever the test's guest is: it
+    # prints the ready marker (a distro guest does not, cfg/guests.cfg)
+    return check_host(params["qemu_binary"], cfg.accel,
+                      Path(params.get("bgsnap_probe_kernel") or params["kernel"]),
+                      Path(params.get("bgsnap_probe_initrd") or params["initrd"]),
+                      cfg.kvm_probe_timeout_s, *snapshot_args)
 

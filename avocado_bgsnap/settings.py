@@ -6,6 +6,7 @@ these typed values, never the raw ``params`` dict.
 
 import math
 import random
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,6 +49,17 @@ class SettingsError(ValueError):
 
 
 @dataclass(frozen=True)
+class GuestLogin:
+    """How the guest is reached on its serial console (cfg/guests.cfg)."""
+
+    guest: str = "busybox"           # bgsnap_guest: busybox, debian12, debian13
+    prompt: str = ""                 # bgsnap_login_prompt: a regex; '' = a shell at once
+    timeout_s: float = 120           # bgsnap_login_timeout: boot + login
+    restored_timeout_s: float = 30   # bgsnap_restored_login_timeout
+    attempt_s: float = 2             # one login attempt (longer with a login prompt)
+
+
+@dataclass(frozen=True)
 class BgsnapSettings:
     accel: str                 # auto | kvm | tcg  (param bgsnap_accel)
     kvm_probe_timeout_s: float
@@ -77,6 +89,7 @@ class BgsnapSettings:
     virtio_mem: VirtioMemSettings | None = None   # bgsnap_during has 'virtio_mem'
     host_mm: mm_actions.HostMMSettings | None = None  # bgsnap_during has pageout, ksm, ...
     second_migrate: bool = False    # bgsnap_during has 'second_migrate' (during/faults.py)
+    login: GuestLogin = GuestLogin()  # the guest's console login (cfg/guests.cfg)
 
 
 def _choice(params, key: str, default: str, allowed: tuple) -> str:
@@ -327,11 +340,30 @@ def from_params(params) -> BgsnapSettings:
             virtio_mem=vmem,
             host_mm=host_mm_cfg,
             second_migrate="second_migrate" in params.get("bgsnap_during", "").split(),
+            login=login_from_params(params),
         )
     except (TypeError, ValueError) as exc:
         if isinstance(exc, SettingsError):
             raise
         raise SettingsError(f"invalid bgsnap cfg: {exc}") from exc
+
+
+def login_from_params(params) -> GuestLogin:
+    """The guest's console login (cfg/guests.cfg, docs/guests.md)."""
+    prompt = params.get("bgsnap_login_prompt", "")
+    try:
+        re.compile(prompt)
+    except re.error as exc:
+        raise SettingsError(f"bgsnap_login_prompt = {prompt!r}: not a regular expression "
+                            f"({exc})") from None
+    return GuestLogin(
+        guest=params.get("bgsnap_guest", "busybox"),
+        prompt=prompt,
+        timeout_s=_seconds(params, "bgsnap_login_timeout", 120),
+        restored_timeout_s=_seconds(params, "bgsnap_restored_login_timeout", 30),
+        # avocado-vt's console login waits its whole attempt before it reads
+        # (vt_compat 5): short attempts, a few more for the password prompt
+        attempt_s=4.0 if prompt else 2.0)
 
 
 def fault_from_params(params) -> "faults.FaultSettings":

@@ -29,6 +29,8 @@ from .guest.build import GuestAssets
 
 PROVIDER_NAME = "avocado-bgsnap"
 BUILDS_CFG_NAME = "qemu-builds.cfg"
+GUESTS_CFG_NAME = "guests.cfg"
+DEFAULT_GUEST = "busybox"
 
 
 class VtSetupError(Exception):
@@ -49,6 +51,9 @@ cache_dirs = ["{data}/cache"]
 type = qemu
 config = {paths.host_config_file()}
 short_names_when_config = True
+# the guest of every test (cfg/guests.cfg): the embedded one unless
+# --vt-only-filter names another (debian12, debian13, userimage)
+only_filter = {DEFAULT_GUEST}
 """
 
 
@@ -65,6 +70,37 @@ bgsnap_wl_binary = {wl_binary}
 other_tests_dirs = {paths.PACKAGE_DIR}
 include {cfg}/subtests.cfg
 """
+
+
+def guests_lines() -> str:
+    """The top-level cfg's lines for the guests (cfg/guests.cfg, docs/guests.md)."""
+    return (f"bgsnap_guest_dir = {paths.guest_cache_dir()}\n"
+            f"include {paths.cfg_dir()}/{GUESTS_CFG_NAME}\n")
+
+
+def _is_guests_line(line: str) -> bool:
+    return line.startswith("bgsnap_guest_dir = ") or (
+        line.startswith("include ") and line.endswith("/" + GUESTS_CFG_NAME))
+
+
+def with_guests_include(top_text: str) -> str:
+    """``top_text`` with the guests' lines last, after the QEMU builds'
+    include: the guest is the outermost variant, so a name is
+    ``debian12.system.bgsnap.basic.small`` and a reference such as
+    ``system.bgsnap.basic.small`` still selects the test (a cfg written
+    before the guests existed gains them)."""
+    lines = [line for line in top_text.splitlines() if not _is_guests_line(line)]
+    return "\n".join(lines) + "\n" + guests_lines()
+
+
+def refresh_guests_include() -> None:
+    """Bring an existing top-level cfg in line with avocado.conf's guest
+    filter (both name the variants of cfg/guests.cfg)."""
+    top = paths.host_config_file()
+    if top.is_file():
+        text = top.read_text()
+        if with_guests_include(text) != text:
+            _write(top, with_guests_include(text))
 
 
 def builds_cfg_path() -> Path:
@@ -89,12 +125,15 @@ def builds_cfg_text(builds: list[qemu_builds.QemuBuild], home: Path) -> str:
 
 
 def with_builds_include(top_text: str, builds_cfg: Path | None) -> str:
-    """``top_text`` with the include of ``qemu-builds.cfg`` last, or without it."""
+    """``top_text`` with the include of ``qemu-builds.cfg`` last (but for the
+    guests' lines, which stay after it), or without it."""
+    had_guests = any(_is_guests_line(line) for line in top_text.splitlines())
     lines = [line for line in top_text.splitlines()
              if not (line.startswith("include ") and line.endswith("/" + BUILDS_CFG_NAME))]
     if builds_cfg is not None:
         lines.append(f"include {builds_cfg}")
-    return "\n".join(lines) + "\n"
+    text = "\n".join(lines) + "\n"
+    return with_guests_include(text) if had_guests else text
 
 
 def write_builds_cfg(builds: list[qemu_builds.QemuBuild]) -> Path | None:
@@ -164,6 +203,7 @@ def prepare() -> Path:
     command so that avocado-vt's plugins load without "Bootstrap missing".
     """
     conf = paths.bgsnap_home() / "avocado.conf"
+    refresh_guests_include()  # before avocado.conf filters on its variants
     _write(conf, avocado_conf_text(paths.bgsnap_home()))
     providers = vt_data_dir() / "virttest" / "test-providers.d"
     _write(providers / f"{PROVIDER_NAME}.ini", provider_ini_text())
@@ -181,8 +221,8 @@ def configure(guest: GuestAssets, wl_binary: Path, qemu_binary: str | None = Non
     conf = prepare()
     wrapper = vt_compat.write_qemu_wrapper(home / "bin" / "qemu-system-x86_64", real_qemu)
     builds_cfg = write_builds_cfg(qemu_builds.load_builds())
-    _write(paths.host_config_file(),
-           with_builds_include(top_cfg_text(guest, wrapper, wl_binary), builds_cfg))
+    _write(paths.host_config_file(), with_guests_include(
+        with_builds_include(top_cfg_text(guest, wrapper, wl_binary), builds_cfg)))
     bootstrap(log)
     written = {"avocado_conf": conf, "vt_config": paths.host_config_file(),
                "qemu_wrapper": wrapper, "results": paths.results_dir()}
