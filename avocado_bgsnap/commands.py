@@ -43,7 +43,7 @@ def build_distro_guest(config) -> int:
     guest = guest_distro.build_distro_guest(
         paths.guest_cache_dir(), _opt(config, "distro"),
         guest_build.workload_binary(paths.guest_cache_dir()), LOG_UI.info)
-    vtsetup.refresh_guests_include()
+    vtsetup.prepare()  # the top-level cfg's guests include and avocado.conf's filter, together
     LOG_UI.info("%s ready in %.1fs: kernel %s (%s), initrd %s, root image %s",
                 guest.distro.name, time.monotonic() - started, guest.kernel,
                 guest.kernel_version, guest.initrd, guest.image)
