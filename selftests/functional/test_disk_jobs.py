@@ -1,7 +1,7 @@
 """End-to-end: whole-VM snapshots on the system QEMU in one real avocado
 job (docs/disk.md): the journal disk and the RAM at one instant, in both
 forms, and the negative control, a disk frozen 3 s before the RAM, which
-PASSes only when the journal check catches it.  About 3 minutes under TCG.
+PASSes only when the journal check catches it.  142-156 s under TCG here.
 """
 
 from jobs import by_name, metrics_of, pytestmark, run_job  # noqa: F401
