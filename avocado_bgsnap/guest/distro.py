@@ -304,8 +304,6 @@ def build_distro_guest(cache_dir: Path, suite: str, wl_binary: Path,
     tree = None
     if not image.is_file():
         tree = build_tree(cache_dir, d, log, mirror)
-        for old in gdir.glob("root-*.qcow2"):
-            old.unlink()
         build_image(tree, wl_binary, image, log)
     kernel_in_tree = None
     if tree is None:
@@ -328,6 +326,11 @@ def build_distro_guest(cache_dir: Path, suite: str, wl_binary: Path,
     _link(gdir / "vmlinuz", kernel)
     _link(gdir / "initrd.img", initrd)
     _link(gdir / "root.qcow2", image)
+    # older images only once the link names the new one (a test starting
+    # meanwhile opens one or the other; a running QEMU keeps its file open)
+    for old in gdir.glob("root-*.qcow2"):
+        if old != image:
+            old.unlink()
     guest = DistroGuest(d, gdir / "vmlinuz", gdir / "initrd.img", gdir / "root.qcow2",
                         version, idigest)
     (gdir / "guest.json").write_text(json.dumps(guest.to_dict(), indent=2) + "\n")
