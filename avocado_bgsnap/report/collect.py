@@ -227,6 +227,8 @@ class Point:
     hostname: str | None = None              # host.hostname (os.uname().nodename)
     kernel_release: str | None = None        # host.kernel_release
     cpu_model: str | None = None             # host.cpu_model
+    # -- a whole-VM snapshot (disk.*, docs/disk.md) ---------------------------
+    disk_form: str | None = None             # disk.form: background | internal
 
     # -- derived figures (figures.py names them) --------------------------
     @property
@@ -258,10 +260,12 @@ class Point:
 
     @property
     def mode_label(self) -> str:
-        """The mode, plus the transport when it is not a plain file."""
+        """The mode, plus ``+disk`` for a whole-VM snapshot (its pause holds
+        the disk step) and the transport when it is not a plain file."""
+        mode = f"{self.mode}+disk" if self.disk_form else self.mode
         if self.transport in (DEFAULT_TRANSPORT, "", None):
-            return self.mode
-        return f"{self.mode}+{self.transport}"
+            return mode
+        return f"{mode}+{self.transport}"
 
     @property
     def stop_s(self) -> float | None:
@@ -464,6 +468,7 @@ def point_from_record(data: Mapping, *, job: str, test: str, record_path: str,
         hostname=_text(host.get("hostname")) or None,
         kernel_release=_text(host.get("kernel_release")) or None,
         cpu_model=_text(host.get("cpu_model")) or None,
+        disk_form=_text(_mapping(data.get("disk")).get("form")) or None,
         **_memory_facts(data),
     )
 

@@ -120,3 +120,12 @@ def test_garbage_values_are_absent_not_crashes():
     assert point.latency_windows == {} and point.pause_windows == [(1.0, None)]
     assert point.missing_resume and point.pause_ms is None
     assert scale_tests(reps=1, sizes=(256,), modes=("background",))  # factory sanity
+
+
+def test_a_whole_vm_snapshot_is_its_own_mode():
+    """Its pause holds the disk step: not a sample of the plain background pause."""
+    plain = collect.point_from_record({"mode": "background"}, job="j", test="1-a", record_path="r")
+    whole = collect.point_from_record({"mode": "background", "disk": {"form": "background"}},
+                                      job="j", test="2-b", record_path="r")
+    assert (plain.mode_label, whole.mode_label) == ("background", "background+disk")
+    assert whole.disk_form == "background"
