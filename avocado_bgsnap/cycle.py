@@ -15,7 +15,7 @@ from typing import Callable
 
 from virttest import remote, virt_vm
 
-from . import internal_snapshot, snapshot, verifier, vt_compat
+from . import internal_snapshot, restored_ram, snapshot, verifier, vt_compat
 from .during import DuringSaveRun, SaveContext
 from .host.memory import process_memory, rss_kib
 from .memory.predict import Expectation, Judgement, judge
@@ -48,7 +48,11 @@ class SnapshotCycle:
                  restore_params: tuple[tuple[str, str], ...] = ()):
         self.vm = vm
         self.during = during or DuringSaveRun((), log)
-        self.restore_params = dict(restore_params)
+        # the default RAM restores into a memfd the host reads: no dump (restored_ram.py)
+        self.dump_free = (cfg.mode != "snapshot_save"
+                          and restored_ram.dump_free(cfg.memory, dict(restore_params)))
+        self.restore_params = (restored_ram.restore_overrides(cfg.memory, dict(restore_params))
+                               if self.dump_free else dict(restore_params))
         self.cfg = cfg
         self.record = record
         self.log = log
@@ -294,14 +298,8 @@ class SnapshotCycle:
         before its ``cont``.  Not restorable, or not answering: a Defect."""
         with self._restored() as (clone, qmp):
             if check_ram is not None:
-                self.record.start("dump")
-                snapshot.create_private(self.dump_path)
-                qmp.dump_guest_memory(str(self.dump_path), timeout=self.cfg.verify_timeout_s)
-                self.record.stop("dump")
-                try:
-                    check_ram(self.dump_path)
-                finally:
-                    self.dump_path.unlink(missing_ok=True)
+                with self._restored_ram(clone, qmp) as ram:
+                    check_ram(ram)
             resumed_at = time.monotonic()
             self._run_restored(qmp)
             session = self._login_restored(clone)
@@ -328,21 +326,41 @@ class SnapshotCycle:
             raise ImageNotRestorable(f"QEMU did not restore {self.image_path.name}, an image "
                                      f"it reported completed: {exc}") from exc
 
-    def _verify_restored(self, clone, qmp: SnapshotQMP) -> None:
+    @contextlib.contextmanager
+    def _restored_ram(self, clone, qmp: SnapshotQMP):
+        """The paused restored guest's RAM as a file the host reads: the
+        restoring QEMU's memfd itself, or (other memory configurations) a
+        dump of it, removed afterwards."""
+        if self.dump_free:
+            try:
+                ram = restored_ram.memfd_path(clone.get_pid(),
+                                              self.cfg.guest_mem_mib * 2**20)
+            except restored_ram.NoMemfd as exc:
+                raise CycleError(f"the restored guest's RAM cannot be read: {exc}") from exc
+            self.record.set("host_ram_source", "memfd")
+            self.log("restored RAM read in place: %s (no dump)" % ram)
+            yield ram
+            return
+        self.record.set("host_ram_source", "dump")
         self.record.start("dump")
         snapshot.create_private(self.dump_path)  # QEMU keeps its mode: 0600
-        qmp.dump_guest_memory(str(self.dump_path), timeout=self.cfg.verify_timeout_s)
-        self.record.stop("dump")
-        self.record.start("host_verify")
-        self.host_verify = verifier.verify_dump(self.wl_binary, self.dump_path,
-                                                self.cfg.workload, self.cfg.verify_timeout_s)
-        self.record.stop("host_verify")
-        self.record.set("host_verify", self.host_verify.summary())
-        self.record.set("restored_steps", self.host_verify.committed)
-        self.log("restored RAM (host check): %s" % self.host_verify.summary())
-        self.inspect_dump(self.dump_path)
-        with contextlib.suppress(FileNotFoundError):
-            self.dump_path.unlink()
+        try:
+            qmp.dump_guest_memory(str(self.dump_path), timeout=self.cfg.verify_timeout_s)
+            self.record.stop("dump")
+            yield self.dump_path
+        finally:
+            self.dump_path.unlink(missing_ok=True)
+
+    def _verify_restored(self, clone, qmp: SnapshotQMP) -> None:
+        with self._restored_ram(clone, qmp) as ram:
+            self.record.start("host_verify")
+            self.host_verify = verifier.verify_dump(self.wl_binary, ram, self.cfg.workload,
+                                                    self.cfg.verify_timeout_s)
+            self.record.stop("host_verify")
+            self.record.set("host_verify", self.host_verify.summary())
+            self.record.set("restored_steps", self.host_verify.committed)
+            self.log("restored RAM (host check): %s" % self.host_verify.summary())
+            self.inspect_dump(ram)
         if not self.host_verify.clean and self.cfg.negative_control == "none":
             # its memory is known bad: the guest may not even run
             self.record.set("guest_verify", "skipped: restored RAM already BAD")
