@@ -41,6 +41,8 @@ def test_snapshot_restore_verify_and_negative_controls(tmp_path):
     basic = metrics_of(tests["bgsnap.basic.small"])
     assert basic["verdict"] == "pass" and basic["point_in_time"] == "ok"
     assert basic["host_verify"].startswith("CLEAN") and basic["guest_verify"].startswith("CLEAN")
+    # read in place: the restoring QEMU's memfd, no dump file (restored_ram.py)
+    assert basic["host_ram_source"] == "memfd" and "dump" not in basic["phase_s"]
     assert basic["source_verify"].startswith("CLEAN")
     assert 0 < basic["pause_ms"] < 1000 and basic["downtime_ms"] is not None
     assert basic["snapshot_bytes"] > basic["workload_mib"] * 2**20
