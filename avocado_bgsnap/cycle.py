@@ -33,6 +33,8 @@ LOGIN_TIMEOUT = 120
 # A restored guest does not boot: its shell answers within seconds (~5 s
 # measured under TCG); one that does not is wedged, not slow.
 RESTORED_LOGIN_TIMEOUT = 30
+# seconds between newlines sent while a distro guest boots to its login prompt
+LOGIN_POKE_S = 15
 # A running guest answers 'ctl status' in well under a second, even under TCG.
 AFTER_RESUME_TIMEOUT = 20
 
@@ -95,13 +97,7 @@ class SnapshotCycle:
         login = self.cfg.login
         prompt_at = None
         if login.prompt:
-            try:
-                self.vm.serial_console.read_until_last_line_matches(
-                    [login.prompt], timeout=login.timeout_s)
-            except Exception as exc:  # aexpect's timeout or a dead QEMU
-                raise CycleError(f"no login prompt ({login.prompt!r}) on the {login.guest} "
-                                 f"guest's serial console within {login.timeout_s:.0f}s "
-                                 f"(bgsnap_login_timeout): {exc}") from exc
+            self._wait_login_prompt(login, boot_started)
             prompt_at = time.monotonic()
         self.session = vt_compat.serial_login(self.vm, login.timeout_s, login.attempt_s)
         shell_at = time.monotonic()
@@ -113,6 +109,24 @@ class SnapshotCycle:
                 login.guest, self.record.get("boot_s"), self.record.get("login_s")))
         else:
             self.log("guest shell after %.1fs" % self.record.get("boot_s"))
+
+    def _wait_login_prompt(self, login, boot_started: float) -> None:
+        """Wait for the login prompt, poking the console with a newline
+        every LOGIN_POKE_S: Debian 13's boot asks the serial terminal for
+        its size (ESC[6n) and may wait for an answer that never comes."""
+        deadline = boot_started + login.timeout_s
+        while True:
+            try:
+                self.vm.serial_console.read_until_last_line_matches(
+                    [login.prompt], timeout=LOGIN_POKE_S)
+                return
+            except Exception as exc:  # aexpect's timeout, or a dead QEMU
+                if self.vm.is_dead() or time.monotonic() > deadline:
+                    raise CycleError(
+                        f"no login prompt ({login.prompt!r}) on the {login.guest} guest's "
+                        f"serial console within {login.timeout_s:.0f}s "
+                        f"(bgsnap_login_timeout): {exc}") from exc
+                self.vm.serial_console.sendline("")
 
     def boot_and_fill(self, boot_started: float) -> None:
         """Log into the booted guest, start the workload, wait for the fill."""
