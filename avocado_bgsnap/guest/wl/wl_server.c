@@ -660,7 +660,7 @@ static void guest_setting(struct sbuf *b, const char *name, const char *path, co
 }
 
 /* What keeps the region's pages on their guest-physical frames: the memlock
- * limit (systemd gives 8 MiB), no compaction of mlocked pages, no NUMA
+ * limit (Debian 13 gives root 8 MiB), no compaction of mlocked pages, no NUMA
  * balancing; the THP mode is reported (the region is MADV_NOHUGEPAGE).
  * Without --tune nothing is changed (the unit tests run `run` on the host). */
 static void guest_settings(int tune)
