@@ -17,7 +17,7 @@ from virttest import remote, virt_vm
 
 from . import internal_snapshot, restored_ram, snapshot, verifier, vt_compat
 from .during import DuringSaveRun, SaveContext
-from .host.memory import process_memory, rss_kib
+from .host.memory import peak_rss_kib, process_memory, rss_kib
 from .memory.predict import Expectation, Judgement, judge
 from .metrics import Metrics
 from .qmp import UNLIMITED_BANDWIDTH, QMPStepError, SnapshotQMP
@@ -365,8 +365,20 @@ class SnapshotCycle:
         finally:
             self.dump_path.unlink(missing_ok=True)
 
+    def _record_footprint(self, clone, ram: Path) -> None:
+        """Peak RSS of both QEMUs and the disk bytes the test holds at once
+        (the image, and the RAM dump when there is one): what a bigger guest
+        will need (docs/benchmarks.md)."""
+        self.record.set("source_peak_rss_kib", peak_rss_kib(self.vm.get_pid()))
+        self.record.set("restored_peak_rss_kib", peak_rss_kib(clone.get_pid()))
+        disk = self.image_path.stat().st_size if self.image_path.exists() else 0
+        if ram == self.dump_path:
+            disk += ram.stat().st_size
+        self.record.set("disk_bytes_peak", disk)
+
     def _verify_restored(self, clone, qmp: SnapshotQMP) -> None:
         with self._restored_ram(clone, qmp) as ram:
+            self._record_footprint(clone, ram)
             self.record.start("host_verify")
             self.host_verify = verifier.verify_dump(self.wl_binary, ram, self.cfg.workload,
                                                     self.cfg.verify_timeout_s)

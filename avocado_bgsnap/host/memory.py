@@ -576,6 +576,11 @@ def rss_kib(pid: int) -> int | None:
     return parse_meminfo(_read_text(_path("proc") / str(pid) / "status")).get("VmRSS")
 
 
+def peak_rss_kib(pid: int) -> int | None:
+    """A process's peak resident set, ``VmHWM``, in KiB (None: unreadable or gone)."""
+    return parse_meminfo(_read_text(_path("proc") / str(pid) / "status")).get("VmHWM")
+
+
 # -- the guard ----------------------------------------------------------------
 
 @dataclass(frozen=True)

@@ -207,6 +207,9 @@ class Point:
     latency_windows: dict[int, dict] = field(default_factory=dict)
     rss_before_kib: int | None = None
     rss_after_kib: int | None = None
+    source_peak_rss_kib: int | None = None    # VmHWM of the source QEMU, at the restore
+    restored_peak_rss_kib: int | None = None  # VmHWM of the restoring QEMU, once loaded
+    disk_bytes_peak: int | None = None        # image (+ RAM dump) on disk at once
     verdict: str | None = None
     host_verify: str | None = None
     # -- the memory family (None / empty in records without these keys) ---
@@ -274,6 +277,18 @@ class Point:
     @property
     def resume_s(self) -> float | None:
         return self.pause_windows[0][1] if self.pause_windows else None
+
+    @property
+    def source_peak_rss_mib(self) -> float | None:
+        return None if self.source_peak_rss_kib is None else self.source_peak_rss_kib / 1024
+
+    @property
+    def restored_peak_rss_mib(self) -> float | None:
+        return None if self.restored_peak_rss_kib is None else self.restored_peak_rss_kib / 1024
+
+    @property
+    def disk_mib(self) -> float | None:
+        return None if self.disk_bytes_peak is None else self.disk_bytes_peak / 2**20
 
     @property
     def snapshot_mib(self) -> float | None:
@@ -463,6 +478,9 @@ def point_from_record(data: Mapping, *, job: str, test: str, record_path: str,
         latency_windows=_latency(data.get("latency_windows")),
         rss_before_kib=_int(data.get("rss_before_kib")),
         rss_after_kib=_int(data.get("rss_after_kib")),
+        source_peak_rss_kib=_int(data.get("source_peak_rss_kib")),
+        restored_peak_rss_kib=_int(data.get("restored_peak_rss_kib")),
+        disk_bytes_peak=_int(data.get("disk_bytes_peak")),
         verdict=data.get("verdict"),
         host_verify=str(host_verify) if host_verify is not None else None,
         hostname=_text(host.get("hostname")) or None,

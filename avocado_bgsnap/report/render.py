@@ -31,7 +31,8 @@ CSV_COLUMNS = (
     "resume_s", "pause_windows", "downtime_ms", "snapshot_total_s", "snapshot_bytes",
     "snapshot_mib", "ram_transferred_bytes", "boot_s", "fill_s", "restore_s", "dump_s",
     "verify_s", "phase_s", "mib_s_before", "mib_s_during", "mib_s_after", "dip_pct",
-    "stall_p99_us", "stall_max_ms", "rss_before_kib", "rss_after_kib", "host_verify",
+    "stall_p99_us", "stall_max_ms", "rss_before_kib", "rss_after_kib", "source_peak_rss_kib",
+    "restored_peak_rss_kib", "disk_bytes_peak", "host_verify",
     "memory_label", "restore_memory_label", "memory_types", "thp_mode", "during_actions",
     "guest_state", "expected_supported", "qemu_refusal", "prediction_check", "pause_note",
     "cancelled", "record_path")

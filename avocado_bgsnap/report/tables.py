@@ -8,8 +8,8 @@ from typing import Sequence
 from . import collect, fleet, memconfig, stats
 from .compare import ABComparison
 from .shapes import ShapeCheck
-from .figures import (DIP, DOWNTIME, PAUSE, SNAPSHOT_MIB, TIME_SPLIT, TIME_SPLIT_NAMES, TOTAL,
-                      Figure, fmt, fmt_mib, fmt_pct)
+from .figures import (DIP, DISK, DOWNTIME, PAUSE, RESTORED_RSS, SNAPSHOT_MIB, SOURCE_RSS,
+                      TIME_SPLIT, TIME_SPLIT_NAMES, TOTAL, Figure, fmt, fmt_mib, fmt_pct)
 
 
 @dataclass
@@ -88,7 +88,8 @@ def mode_tables(series: Sequence[collect.Series]) -> list[Table]:
     for mode in collect.modes(series):
         header = (["QEMU build"] if multi_build else []) + [
             "guest RAM", "runs", "pause ms median [p10-p90]", "QEMU downtime ms",
-            "total s", "snapshot MiB", "write dip %", SPLIT_HEADER]
+            "total s", "snapshot MiB", "write dip %", "peak RSS MiB source / restored",
+            "disk MiB", SPLIT_HEADER]
         table = Table(f"Mode: {mode}", header)
         for s in series:
             if s.mode != mode:
@@ -99,7 +100,9 @@ def mode_tables(series: Sequence[collect.Series]) -> list[Table]:
                 split.append(summary.median if summary else None)
             row = ([s.qemu_build] if multi_build else []) + [
                 fmt_mib(s.guest_mem_mib), _runs(s), _spread(s, PAUSE), _median(s, DOWNTIME),
-                _median(s, TOTAL), _median(s, SNAPSHOT_MIB), _median(s, DIP), split_text(split)]
+                _median(s, TOTAL), _median(s, SNAPSHOT_MIB), _median(s, DIP),
+                f"{_median(s, SOURCE_RSS)} / {_median(s, RESTORED_RSS)}", _median(s, DISK),
+                split_text(split)]
             table.rows.append(row)
         notes = []
         for s in series:

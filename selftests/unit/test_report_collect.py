@@ -129,3 +129,17 @@ def test_a_whole_vm_snapshot_is_its_own_mode():
                                       job="j", test="2-b", record_path="r")
     assert (plain.mode_label, whole.mode_label) == ("background", "background+disk")
     assert whole.disk_form == "background"
+
+
+def test_footprint_figures_and_the_mode_table_column():
+    from avocado_bgsnap.report import tables
+
+    point = collect.point_from_record(
+        {"guest_mem_mib": 1024, "pause_ms": 1.0, "source_peak_rss_kib": 1100 * 1024,
+         "restored_peak_rss_kib": 1050 * 1024, "disk_bytes_peak": 800 * 2**20},
+        job="j", test="1-a", record_path="r")
+    assert (point.figure("source_peak_rss_mib"), point.figure("restored_peak_rss_mib"),
+            point.figure("disk_mib")) == (1100, 1050, 800)
+    [table] = tables.mode_tables(collect.group_series([point]))
+    row = dict(zip(table.header, table.rows[0]))
+    assert row["peak RSS MiB source / restored"] == "1100 / 1050" and row["disk MiB"] == "800"
