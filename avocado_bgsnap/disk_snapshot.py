@@ -92,6 +92,47 @@ class DiskFiles:
             path.unlink(missing_ok=True)
 
 
+# A guest with its own root disk (a distro guest, cfg/guests.cfg: image 'root',
+# given as -drive): avocado-vt's drive id for it.
+ROOT_IMAGE = "root"
+ROOT_DEVICE = "drive_root"
+
+
+@dataclass(frozen=True)
+class RootDisk:
+    """A distro guest's root disk, frozen together with the journal disk.
+
+    The guest boots on ``active``, an overlay on its pristine image, instead
+    of QEMU's temporary ``snapshot=on`` overlay (which no second QEMU can
+    open).  At the snapshot ``active`` freezes with the journal disk in one
+    QMP transaction, and the restored QEMU runs on a fresh overlay on it, so
+    the restored guest's root file system is the one of the RAM's instant."""
+
+    base: Path      # the guest's pristine image: never written
+    active: Path    # the source's root until the snapshot, then frozen
+    overlay: Path   # the source's active layer after the snapshot (QEMU creates it)
+    restore: Path   # the restored QEMU's fresh overlay on ``active``
+
+    @classmethod
+    def of(cls, params, directory: Path) -> "RootDisk | None":
+        """The root disk of a guest that boots from one (None: busybox)."""
+        if ROOT_IMAGE not in params.objects("images"):
+            return None
+        image = params.object_params(ROOT_IMAGE)
+        base = Path(image["image_name"] + "." + image.get("image_format", "qcow2"))
+        return cls(base.resolve(), *(Path(directory) / f"{DISK_STEM}-root-{name}.qcow2"
+                                     for name in ("active", "overlay", "restore")))
+
+    def all(self) -> tuple[Path, ...]:
+        return (self.active, self.overlay, self.restore)
+
+    @staticmethod
+    def params(image: Path) -> dict[str, str]:
+        """avocado-vt params that boot the root from ``image`` (a .qcow2)."""
+        return {f"image_name_{ROOT_IMAGE}": str(image.with_suffix("")),
+                f"image_snapshot_{ROOT_IMAGE}": "no", f"image_format_{ROOT_IMAGE}": "qcow2"}
+
+
 TOOLS = ("qemu-img", "mkfs.ext4", "e2fsck", "debugfs")
 # e2fsprogs installs into /sbin, which a user's PATH often lacks
 SBIN = "/usr/sbin:/sbin"
@@ -154,14 +195,21 @@ def qemu_args(image: Path) -> str:
 
 
 # -- QMP: the snapshot --------------------------------------------------------
-def freeze_disk(qmp: SnapshotQMP, overlay: Path) -> float:
+def freeze_disk(qmp: SnapshotQMP, overlay: Path, root: RootDisk | None = None) -> float:
     """``blockdev-snapshot-sync``: the disk's current image becomes the
     frozen base, ``overlay`` (created 0600 first, QEMU formats it) the
-    active layer.  QEMU drains and flushes the disk first.  Returns the
+    active layer.  QEMU drains and flushes the disk first.  With ``root``,
+    the guest's root disk freezes with it, in one transaction.  Returns the
     seconds the command took."""
     snapshot.create_private(overlay)
     started = time.monotonic()
-    qmp.blockdev_snapshot_sync(NODE, str(overlay), OVERLAY_NODE)
+    if root is None:
+        qmp.blockdev_snapshot_sync(NODE, str(overlay), OVERLAY_NODE)
+    else:
+        snapshot.create_private(root.overlay)
+        qmp.snapshot_disks_sync([
+            {"node-name": NODE, "snapshot-file": str(overlay), "snapshot-node-name": OVERLAY_NODE},
+            {"device": ROOT_DEVICE, "snapshot-file": str(root.overlay)}])
     return time.monotonic() - started
 
 
@@ -203,7 +251,8 @@ class DiskStep:
 
 def take_whole_vm_snapshot(qmp: SnapshotQMP, transport: Transport, ram_path: Path,
                            files: DiskFiles, timeout: float, log: Callable[[str], None],
-                           on_resume: Callable[[], None], skew_s: float = 0.0
+                           on_resume: Callable[[], None], skew_s: float = 0.0,
+                           root: RootDisk | None = None
                            ) -> tuple[snapshot.SnapshotResult, DiskStep]:
     """Disk and RAM of the running VM at one instant: stop, freeze the
     disk, start the background snapshot, let the guest run once the RAM is
@@ -212,9 +261,10 @@ def take_whole_vm_snapshot(qmp: SnapshotQMP, transport: Transport, ram_path: Pat
 
     ``skew_s`` is the negative control: the disk frozen that many seconds
     before (< 0) or after (> 0) the RAM's instant, the guest running
-    between the two."""
+    between the two.  ``root``: the guest's root disk freezes with the
+    journal disk."""
     if skew_s < 0:
-        disk_s = freeze_disk(qmp, files.overlay)
+        disk_s = freeze_disk(qmp, files.overlay, root)
         log("negative control: disk frozen %.1fs before the RAM" % -skew_s)
         time.sleep(-skew_s)
         result = snapshot.take_background_snapshot(qmp, transport, ram_path, timeout, log,
@@ -224,7 +274,7 @@ def take_whole_vm_snapshot(qmp: SnapshotQMP, transport: Transport, ram_path: Pat
         result = snapshot.take_background_snapshot(qmp, transport, ram_path, timeout, log,
                                                    on_resume=on_resume)
         time.sleep(skew_s)
-        disk_s = freeze_disk(qmp, files.overlay)
+        disk_s = freeze_disk(qmp, files.overlay, root)
         log("negative control: disk frozen %.1fs after the RAM" % skew_s)
         return result, DiskStep(round(disk_s, 4), skew_s, "ram, wait, disk")
     qmp.enable_background_snapshot(transport.capabilities)
@@ -234,7 +284,7 @@ def take_whole_vm_snapshot(qmp: SnapshotQMP, transport: Transport, ram_path: Pat
     qmp.wait_event("STOP", timeout)
     with snapshot.written_atomically(ram_path) as partial:
         try:
-            disk_s = freeze_disk(qmp, files.overlay)
+            disk_s = freeze_disk(qmp, files.overlay, root)
             qmp.migrate(transport.save_uri(partial))
             wait_ram_protected(qmp, timeout)
         finally:

@@ -242,6 +242,16 @@ class SnapshotQMP:
                                              "snapshot-node-name": overlay_node,
                                              "format": "qcow2", "mode": "absolute-paths"})
 
+    def snapshot_disks_sync(self, snapshots: list[dict]) -> None:
+        """One ``transaction`` of ``blockdev-snapshot-sync`` actions: every
+        disk freezes at the same instant, or none does.  Each entry: the
+        action's arguments (``node-name`` or ``device``, ``snapshot-file``,
+        ...); qcow2, absolute backing paths."""
+        actions = [{"type": "blockdev-snapshot-sync",
+                    "data": {"format": "qcow2", "mode": "absolute-paths", **args}}
+                   for args in snapshots]
+        self._cmd("transaction", {"actions": actions})
+
     def named_block_node(self, node_name: str) -> dict:
         """query-named-block-nodes' entry for one node (its image info)."""
         for node in self._cmd("query-named-block-nodes", debug=False):

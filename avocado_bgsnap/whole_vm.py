@@ -23,7 +23,7 @@ from typing import Callable
 
 from . import disk_snapshot, internal_snapshot, journal, snapshot, vt_compat
 from .cycle import AFTER_RESUME_TIMEOUT, SnapshotCycle
-from .disk_snapshot import DiskFiles, DiskSettings
+from .disk_snapshot import DiskFiles, DiskSettings, RootDisk
 from .metrics import Metrics
 from .settings import BgsnapSettings
 
@@ -31,18 +31,25 @@ from .settings import BgsnapSettings
 class WholeVMCycle(SnapshotCycle):
     def __init__(self, vm, cfg: BgsnapSettings, record: Metrics, workdir: Path,
                  wl_binary: Path, log: Callable[[str], None], disk: DiskSettings,
-                 files: DiskFiles, base_extra_params: str):
+                 files: DiskFiles, base_extra_params: str, root: RootDisk | None = None):
         restored_disk = files.base if disk.form == "internal" else files.restore
-        super().__init__(vm, cfg, record, workdir, wl_binary, log, restore_params=(
-            ("extra_params", base_extra_params + disk_snapshot.qemu_args(restored_disk)),))
+        restore_params = {"extra_params": base_extra_params
+                          + disk_snapshot.qemu_args(restored_disk)}
+        if root is not None:
+            restore_params.update(RootDisk.params(root.restore))
+        super().__init__(vm, cfg, record, workdir, wl_binary, log,
+                         restore_params=tuple(restore_params.items()))
         self.disk = disk
         self.files = files
+        self.root = root
         self.journal_state: journal.JournalState | None = None
         self.journal_error: str | None = None
         self.fsck: disk_snapshot.FsckResult | None = None
         self.journal_verdict: journal.JournalVerdict | None = None
         record.update({"disk": {"form": disk.form, "disk_mib": disk.disk_mib,
-                                "journal_ms": disk.journal_ms, "skew_s": disk.skew_s}})
+                                "journal_ms": disk.journal_ms, "skew_s": disk.skew_s,
+                                # a distro guest's root disk freezes with the journal's
+                                "root_frozen": root is not None}})
         if cfg.keep_snapshot:
             record.set("kept_files", [str(p) for p in (files.base, files.overlay,
                                                        files.restore)])
@@ -64,7 +71,7 @@ class WholeVMCycle(SnapshotCycle):
 
         result, step = disk_snapshot.take_whole_vm_snapshot(
             qmp, self.cfg.transport, self.snapshot_path, self.files,
-            self.cfg.snapshot_timeout_s, self.log, after_resume, self.disk.skew_s)
+            self.cfg.snapshot_timeout_s, self.log, after_resume, self.disk.skew_s, self.root)
         self._disk_record(disk_step_ms=round(step.disk_s * 1000, 2), order=step.order)
         self.log("disk frozen in %.1f ms (%s)" % (step.disk_s * 1000, step.order))
         return result
@@ -78,6 +85,8 @@ class WholeVMCycle(SnapshotCycle):
             return internal_snapshot.restored_disk_vm(self.vm, disk_snapshot.NODE, timeout,
                                                       self.log, self.restore_params)
         disk_snapshot.create_overlay(self.files.restore, self.files.base)
+        if self.root is not None:
+            disk_snapshot.create_overlay(self.root.restore, self.root.active)
         return snapshot.restored_vm(self.vm, self.cfg.transport, self.image_path, timeout,
                                     self.log, self.restore_params)
 
@@ -142,3 +151,6 @@ class WholeVMCycle(SnapshotCycle):
             super().cleanup()
         finally:
             self.files.remove(keep_images=self.cfg.keep_snapshot)
+            if self.root is not None and not self.cfg.keep_snapshot:
+                for path in self.root.all():
+                    path.unlink(missing_ok=True)

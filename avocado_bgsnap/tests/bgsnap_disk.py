@@ -49,16 +49,23 @@ def run(test, params, env):
     record = bg_metrics.Metrics()
     record.update({"host": facts.to_dict(), "accel": facts.accel.accel})
     files = DiskFiles.in_dir(cfg.snapshot_dir or Path(test.workdir))
+    # a distro guest's root disk is frozen with the journal disk (background form)
+    root = (disk_snapshot.RootDisk.of(params, files.base.parent)
+            if disk.form == "background" else None)
     base_extra = params.get("extra_params", "")
     params["extra_params"] = base_extra + disk_snapshot.qemu_args(files.base)
+    if root is not None:
+        params.update(disk_snapshot.RootDisk.params(root.active))
     vm = env.get_vm(params["main_vm"])
     cycle = WholeVMCycle(vm, cfg, record, Path(test.workdir), Path(params["bgsnap_wl_binary"]),
-                         test.log.info, disk, files, base_extra)
+                         test.log.info, disk, files, base_extra, root)
     failure = None
     try:
         with verdicts.judged(test):
             error_context.context("Make the journal disk, boot, mount it", test.log.info)
             disk_snapshot.create_disk(files, disk.disk_mib)
+            if root is not None:
+                disk_snapshot.create_overlay(root.active, root.base)
             boot_started = time.monotonic()
             vm.create(params=params.object_params(vm.name))
             cycle.log_in(boot_started)
