@@ -142,3 +142,18 @@ def test_leftover_check_counts_disk_files_unless_kept(tmp_path):
         "keep_snapshot": True, "snapshot_file": str(work / "bgsnap-snapshot.bin"),
         "kept_files": [str(files.base), str(files.overlay)]}))
     assert leftovers.snapshot_files(job, [], 0) == [files.restore.resolve()]
+
+
+def test_a_distro_guest_root_disk_is_found_and_reparented(tmp_path):
+    from virttest.utils_params import Params
+
+    root = disk_snapshot.RootDisk.of(Params({
+        "images": "root", "image_name_root": str(tmp_path / "debian12" / "root"),
+        "image_format_root": "qcow2"}), tmp_path)
+    assert root.base == (tmp_path / "debian12" / "root.qcow2").resolve()
+    assert root.active == tmp_path / "bgsnap-disk-root-active.qcow2"
+    assert disk_snapshot.RootDisk.params(root.restore) == {
+        "image_name_root": str(tmp_path / "bgsnap-disk-root-restore"),
+        "image_snapshot_root": "no", "image_format_root": "qcow2"}
+    # the busybox guest boots from no disk: nothing to freeze but the journal's
+    assert disk_snapshot.RootDisk.of(Params({"images": ""}), tmp_path) is None
