@@ -63,6 +63,11 @@ class SaveEnd:
         return {"outcome": self.outcome, "message": self.message, "took_s": round(self.took_s, 3)}
 
 
+# virttest's words (qemu_monitor.py) for a QMP command QEMU never answered
+NO_ANSWER = "Received no response to QMP"
+MONITOR_WEDGED = "monitor wedged"
+
+
 def attempt(vm, transport: Transport, path: Path, timeout: float, during: DuringSaveRun,
             workload: GuestWorkload, log: Callable[[str], None]) -> SaveEnd:
     """Run one background snapshot with ``during``'s faults; never raises
@@ -82,6 +87,8 @@ def attempt(vm, transport: Transport, path: Path, timeout: float, during: During
             return SaveEnd(info["status"], str(exc), took)
         if snapshot.exits_soon(vm):   # the monitor broke first, the process goes next
             return SaveEnd("source killed", str(exc), took)
+        if NO_ANSWER in str(exc):     # alive, but its monitor no longer answers
+            return SaveEnd(MONITOR_WEDGED, str(exc), took)
         return SaveEnd("error", str(exc), took)
     return SaveEnd("completed", "the save completed", time.monotonic() - started)
 

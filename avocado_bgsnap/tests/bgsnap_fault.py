@@ -26,6 +26,7 @@ from avocado_bgsnap import metrics as bg_metrics
 from avocado_bgsnap.cycle import SnapshotCycle
 from avocado_bgsnap.during import DuringSaveRun
 from avocado_bgsnap.during.faults import fault_action
+from avocado_bgsnap.verdicts import GuestWedged
 
 # a killed QEMU is reaped within this (seconds)
 GONE_WITHIN_S = 10
@@ -69,6 +70,10 @@ def _run(test, params, cfg, fault, vm, cycle, record):
     if end.outcome == "completed" or during.missed():
         test.error("not tested: the save completed before the fault "
                    f"({'; '.join(during.missed()) or end.message})")
+    if end.outcome == failed_save.MONITOR_WEDGED and fault.source_survives:
+        # the process lives on and QEMU stopped answering its monitor: QEMU's fault
+        raise GuestWedged(f"the source QEMU's monitor stopped answering during the failed "
+                          f"save ({end.message}); {failed_save.wedge_evidence(vm)}")
     if end.outcome != fault.expected_end:
         test.error(f"the save ended '{end.outcome}', not '{fault.expected_end}': {end.message}")
     failed_save.no_snapshot_left(cycle.snapshot_path)

@@ -115,3 +115,30 @@ def test_no_snapshot_left_names_what_is_there(tmp_path):
     (tmp_path / "bgsnap-snapshot.bin.partial").write_bytes(b"x")
     with pytest.raises(failed_save.HarnessLeftover, match=r"bgsnap-snapshot.bin.partial"):
         failed_save.no_snapshot_left(path)
+
+
+class _Workload:
+    def mark(self, window, timeout=None):
+        return None
+
+
+class _VM:
+    monitor = None
+
+
+@pytest.mark.parametrize("message, outcome", [
+    ("query-migrate failed: Received no response to QMP command 'query-migrate', or received "
+     "a response with an incorrect id", failed_save.MONITOR_WEDGED),
+    # the negative control: any other step error of a live QEMU stays the harness's 'error'
+    ("migrate failed: no such file", "error"),
+])
+def test_a_monitor_that_stops_answering_is_told_apart(monkeypatch, message, outcome):
+    from avocado_bgsnap import snapshot
+
+    def save(*args, **kwargs):
+        raise QMPStepError(message, "query-migrate")
+
+    monkeypatch.setattr(snapshot, "take_background_snapshot", save)
+    monkeypatch.setattr(snapshot, "exits_soon", lambda vm: False)
+    end = failed_save.attempt(_VM(), None, None, 1, DuringSaveRun((), print), _Workload(), print)
+    assert end.outcome == outcome
