@@ -336,6 +336,12 @@ class SnapshotCycle:
             # it cannot take is the image
             if not restoring:
                 raise
+            if (isinstance(exc, virt_vm.VMCreateError) and not self.internal
+                    and not self.cfg.transport.restore_is_exec):
+                # '-incoming defer': QEMU failed to start before it read a
+                # byte of the image (e.g. a disk it could not lock)
+                raise CycleError(f"the restoring QEMU did not start, before it read the "
+                                 f"image: {exc}") from exc
             self.record.set("restore_error", str(exc))
             raise ImageNotRestorable(f"QEMU did not restore {self.image_path.name}, an image "
                                      f"it reported completed: {exc}") from exc
