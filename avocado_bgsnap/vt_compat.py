@@ -281,17 +281,21 @@ def install_startup_pth() -> Path:
 
 
 # --- 10. The remote spawner keeps a test's files on the remote host -------------------
-# avocado-framework-plugin-spawner-remote gives every task the output dir
-# /tmp/.avocado_task_output_dir on the remote host, and avocado-vt's runner
-# (vt_runner.VirtTest.runTest) sends a test's logdir back to the job only when
-# it is a temporary "avocado_test_" dir.  So the suite's records
-# (bgsnap-metrics.json and the rest) would stay on the remote host, and the
-# next test there would find the last one's.  Under that spawner, guarded()
-# clears what an earlier test left in that dir and, at the end, sends the
-# test's files to the job as avocado "file" messages, as the runner does for
-# its temporary dirs.  Remove it when the spawner or the runner sends the
-# logdir back.
+# avocado-framework-plugin-spawner-remote runs the task on the remote host
+# with the job's own task dir path (or /tmp/.avocado_task_output_dir when the
+# task has none), and avocado-vt's runner (vt_runner.VirtTest.runTest) sends
+# a test's logdir back to the job only when it is a temporary
+# "avocado_test_" dir.  So the suite's records (bgsnap-metrics.json and the
+# rest) stay on the remote host, and only the streamed logs reach the job.
+# A session that runs tasks for the suite says so in the spawner's
+# setup_hook (export BGSNAP_REMOTE_TASK=1; scripts/loopback-hosts.sh writes
+# it, docs/fleet.md).  Then guarded() sends the test's files to the job at
+# its end as avocado "file" messages, as the runner does for its temporary
+# dirs, and removes them from the remote host.  In the fixed dir, which
+# every task on that host shares, it first clears what an earlier test
+# left.  Remove it when the spawner or the runner sends the logdir back.
 
+REMOTE_ENV = "BGSNAP_REMOTE_TASK"
 REMOTE_TASK_OUTPUT_DIR = Path("/tmp/.avocado_task_output_dir")
 # streamed to the job as log/stdout/stderr/whiteboard messages already
 STREAMED_FILES = frozenset({"debug.log", "stdout", "stderr", "output", "whiteboard"})
@@ -299,9 +303,10 @@ FILE_CHUNK = 200000     # the runner's own chunk size
 
 
 def remote_output_dir(test) -> Path | None:
-    """The remote spawner's fixed task dir when this test runs under it."""
-    logdir = Path(test.logdir)
-    return logdir if logdir == REMOTE_TASK_OUTPUT_DIR and hasattr(test, "queue") else None
+    """The test's logdir when it runs on a remote spawner's host."""
+    if not os.environ.get(REMOTE_ENV) or not hasattr(test, "queue"):
+        return None
+    return Path(test.logdir)
 
 
 def _own_files(logdir: Path) -> list[Path]:
@@ -335,16 +340,19 @@ def clear_remote_output(logdir: Path, before: float) -> int:
 
 
 def send_remote_output(queue, logdir: Path) -> int:
-    """Send the test's files to the job (avocado 'file' messages); how many."""
+    """Send the test's files to the job (avocado 'file' messages) and remove
+    them from this host; how many."""
     from avocado.core.utils import messages
 
     sent = 0
     for path in _own_files(logdir):
         name = str(path.relative_to(logdir))
-        with contextlib.suppress(OSError), path.open("rb") as handle:
-            while chunk := handle.read(FILE_CHUNK):
-                queue.put(messages.FileMessage.get(chunk, name))
+        with contextlib.suppress(OSError):
+            with path.open("rb") as handle:
+                while chunk := handle.read(FILE_CHUNK):
+                    queue.put(messages.FileMessage.get(chunk, name))
             sent += 1
+            path.unlink()
     return sent
 
 

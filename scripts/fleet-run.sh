@@ -10,7 +10,8 @@
 # hosts of scripts/loopback-hosts.sh are used (started when they are down).
 # The remote hosts report to the status server at BGSNAP_STATUS_SERVER
 # (default 127.0.0.1:8890): on a real fleet, an address of this machine they
-# can reach.  One task per host at a time.  Exit status: avocado's.
+# can reach.  One task per host at a time.  Loopback hosts this script
+# started are stopped at its end.  Exit status: avocado's.
 set -uo pipefail
 
 # shellcheck source=lib.sh
@@ -22,6 +23,10 @@ STATUS=${BGSNAP_STATUS_SERVER:-127.0.0.1:8890}
 [ $# -gt 0 ] || set -- system.fleet
 
 if [ -z "$CONF" ]; then
+    # the loopback hosts: started here when down, and stopped again at the end
+    if ! "$BGSNAP_SRC/scripts/loopback-hosts.sh" status | grep -q " up: "; then
+        trap '"$BGSNAP_SRC/scripts/loopback-hosts.sh" down' EXIT
+    fi
     "$BGSNAP_SRC/scripts/loopback-hosts.sh" up "${BGSNAP_FLEET_HOSTS:-2}" || exit 2
     CONF=$BGSNAP_HOME/fleet/remote.conf
 fi

@@ -3,6 +3,7 @@ avocado's remote spawner (scripts/loopback-hosts.sh, docs/fleet.md), and the
 fleet report that comes out of it."""
 
 import os
+import socket
 import subprocess
 from pathlib import Path
 
@@ -23,16 +24,32 @@ def _sshd_pids() -> set[str]:
     return set(out.split())
 
 
+def _free_port() -> int:
+    """A port free on both loopback hosts' addresses (another fleet may be up)."""
+    for port in range(22022, 22122):
+        try:
+            for address in ("127.0.0.2", "127.0.0.3"):
+                with socket.socket() as probe:
+                    probe.bind((address, port))
+        except OSError:
+            continue
+        return port
+    raise AssertionError("no free port on 127.0.0.2/.3 in 22022-22121")
+
+
 @pytest.fixture(scope="module")
 def remote_conf():
     if os.geteuid() != 0:
         pytest.skip("loopback hosts need root (namespaces, mounts)")
     before = _sshd_pids()
-    up = subprocess.run([str(LOOPBACK), "up", "2"], capture_output=True, text=True, timeout=600)
+    env = {**os.environ, "BGSNAP_FLEET_PORT": str(_free_port())}
+    up = subprocess.run([str(LOOPBACK), "up", "2"], capture_output=True, text=True, timeout=600,
+                        env=env)
     assert up.returncode == 0, up.stdout + up.stderr
     assert "bgsnap-host2" in up.stdout and "bgsnap-host3" in up.stdout, up.stdout
     yield paths.bgsnap_home() / "fleet" / "remote.conf"
-    down = subprocess.run([str(LOOPBACK), "down"], capture_output=True, text=True, timeout=60)
+    down = subprocess.run([str(LOOPBACK), "down"], capture_output=True, text=True, timeout=60,
+                          env=env)
     assert down.returncode == 0, down.stdout + down.stderr
     assert _sshd_pids() <= before, "a loopback host is still running"
 
@@ -51,5 +68,6 @@ def test_one_run_over_two_hosts_gives_one_fleet_report(tmp_path, remote_conf):
     assert {r["host"]["hostname"] for r in records} == HOSTNAMES
     assert all(r["host_verify"].startswith("CLEAN") for r in records), records
     files = build.make_report([job], output=tmp_path / "report")
-    assert files.answers[0].startswith("Fleet: 2 hosts, 2 tests: bgsnap-host2 ("), files.answers
+    fleet = [a for a in files.answers if a.startswith("Fleet: ")]
+    assert fleet and fleet[0].startswith("Fleet: 2 hosts, 2 tests: bgsnap-host2 ("), files.answers
     assert "## Hosts" in files.files["markdown"].read_text()

@@ -1,6 +1,7 @@
 """The probe-stall wrapper: '-e ' dropped for stdio probes only, argv intact."""
 
 import subprocess
+from pathlib import Path
 
 from avocado_bgsnap import vt_compat
 
@@ -61,11 +62,13 @@ class _Test:
             self.queue = queue
 
 
-def test_remote_task_dir_is_recognised_only_under_the_runner():
-    assert vt_compat.remote_output_dir(_Test(vt_compat.REMOTE_TASK_OUTPUT_DIR, [])) \
-        == vt_compat.REMOTE_TASK_OUTPUT_DIR
+def test_a_remote_task_is_recognised_by_its_session_only_under_the_runner(monkeypatch):
+    monkeypatch.delenv(vt_compat.REMOTE_ENV, raising=False)
     assert vt_compat.remote_output_dir(_Test("/var/lib/job/test-results/1-x", [])) is None
-    assert vt_compat.remote_output_dir(_Test(vt_compat.REMOTE_TASK_OUTPUT_DIR)) is None
+    monkeypatch.setenv(vt_compat.REMOTE_ENV, "1")
+    assert vt_compat.remote_output_dir(_Test("/var/lib/job/test-results/1-x", [])) \
+        == Path("/var/lib/job/test-results/1-x")
+    assert vt_compat.remote_output_dir(_Test("/var/lib/job/test-results/1-x")) is None
 
 
 def _task_dir(tmp_path):
@@ -98,7 +101,11 @@ def test_the_tests_files_are_sent_as_file_messages_in_chunks(tmp_path, monkeypat
 
     queue = Queue()
     assert vt_compat.send_remote_output(queue, task) == 2
-    assert [(m["type"], m["path"], m["log"]) for m in queue] == [
+    sent = [(m["type"], m["path"], m["log"]) for m in queue]
+    # sent, then gone from this host; the streamed logs stay
+    assert sorted(p.name for p in task.rglob("*") if p.is_file()) == [
+        "debug.log", "stderr", "whiteboard"]
+    assert sent == [
         ("file", "data/bgsnap-metrics.json", b"xx"), ("file", "data/bgsnap-metrics.json", b"xx"),
         ("file", "data/bgsnap-metrics.json", b"x"), ("file", "serial.log", b"se"),
         ("file", "serial.log", b"ri"), ("file", "serial.log", b"al"), ("file", "serial.log", b".l"),
