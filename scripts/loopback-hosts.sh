@@ -7,12 +7,13 @@
 #
 # Each host is an sshd in its own mount, PID and UTS namespace (hostname
 # bgsnap-hostK), listening on one loopback address only (port 2022), with its
-# own /tmp and /run.  openssh-server is not installed on this machine: its
+# own /run, and the job results dirs hidden: BGSNAP_HOME/results and the dirs
+# in BGSNAP_FLEET_HIDE (space-separated) are empty tmpfs there.  openssh-server is not installed on this machine: its
 # Debian package is unpacked under BGSNAP_HOME/fleet/openssh and overlaid on
 # /usr inside the namespaces only; /etc gets the host's sshd_config, host
 # key and an 'sshd' privilege-separation user the same way.  The suite is
-# the one of this checkout (same filesystem), but the job results dir is a
-# tmpfs of its own, as on a real remote host.  Login is root with a key made
+# the one of this checkout (same filesystem; /tmp is shared, a checkout
+# may live there).  Login is root with a key made
 # here.  'up' writes BGSNAP_HOME/fleet/remote.conf: pass it as
 # 'avocado --config ... run --spawner remote ...' (scripts/fleet-run.sh).
 set -euo pipefail
@@ -70,12 +71,15 @@ inside() {
     mount -t overlay overlay -o "lowerdir=$FLEET/openssh/usr:/usr" /usr
     mount -t overlay overlay -o "lowerdir=$FLEET/host$k/etc:/etc" /etc
     hostname "bgsnap-host$k"
-    mount -t tmpfs -o mode=1777 tmpfs /tmp
     mount -t tmpfs -o mode=755 tmpfs /run
-    mkdir -p /run/sshd "$BGSNAP_HOME/results"
+    mkdir -p /run/sshd
     # like a real remote host, it does not see the job's results: what a
     # test writes there must come back through avocado's status server
-    mount -t tmpfs -o mode=755 tmpfs "$BGSNAP_HOME/results"
+    local dir
+    for dir in "$BGSNAP_HOME/results" ${BGSNAP_FLEET_HIDE:-}; do
+        mkdir -p "$dir"
+        mount -t tmpfs -o mode=755 tmpfs "$dir"
+    done
     exec /usr/sbin/sshd -D -e
 }
 
@@ -134,7 +138,7 @@ status() {
         k=${dir%/}; k=${k##*host}
         found=1
         if is_up "$k"; then
-            echo "host$k $(address "$k"):$(host_port "$k") up: $(ssh_to "$k" 'echo "$(hostname), $(ps -e --no-headers | wc -l) processes, /tmp on $(findmnt -n -o FSTYPE /tmp)"')"
+            echo "host$k $(address "$k"):$(host_port "$k") up: $(ssh_to "$k" 'echo "$(hostname), $(ps -e --no-headers | wc -l) processes"')"
         else
             echo "host$k $(address "$k"):$(host_port "$k") down"
         fi
