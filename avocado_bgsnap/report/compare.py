@@ -202,15 +202,11 @@ def control_report(comparisons: Sequence[ABComparison],
     "no change" with the reason.  Returns how many flags were withdrawn.
     """
     rows = [(c, i) for c in comparisons for i in range(len(c.rows))]
-    keep = stats.benjamini_hochberg([c.rows[i].verdict.p_value for c, i in rows], q)
-    m = sum(c.rows[i].verdict.p_value is not None for c, i in rows)
+    held = stats.held_to_fdr([c.rows[i].verdict for c, i in rows], q, scope="the report's ")
     withdrawn = 0
-    for (comparison, i), kept in zip(rows, keep):
+    for (comparison, i), verdict in zip(rows, held):
         row = comparison.rows[i]
-        if row.verdict.flagged and not kept:
-            note = (f"p {row.verdict.p_value:.3g} is not a discovery over the report's {m} "
-                    f"comparisons (Benjamini-Hochberg, q {q})")
-            comparison.rows[i] = replace(row, verdict=replace(
-                row.verdict, verdict=stats.NO_CHANGE, note=note))
+        if verdict is not row.verdict:
+            comparison.rows[i] = replace(row, verdict=verdict)
             withdrawn += 1
     return withdrawn

@@ -120,10 +120,8 @@ def judge(flag_list: Sequence[Flag], rerun_points: Sequence[collect.Point],
         b = [p.figure(figure.key) for p in snapshots if stem(p) == flag.b_stem]
         verdicts.append(stats.compare(a, b, min_effect=min_effect, alpha=alpha,
                                       higher_is_worse=figure.higher_is_worse))
-    keep = stats.benjamini_hochberg([v.p_value for v in verdicts], alpha)
-    return [Confirmation(flag, v.verdict if (not v.flagged or kept) else stats.NO_CHANGE,
-                         v.p_value, v.rel_change, v.n_a, v.n_b)
-            for flag, v, kept in zip(flag_list, verdicts, keep)]
+    return [Confirmation(flag, v.verdict, v.p_value, v.rel_change, v.n_a, v.n_b)
+            for flag, v in zip(flag_list, stats.held_to_fdr(verdicts, alpha))]
 
 
 def write(job: Path, rerun_job: Path, confirmations: Sequence[Confirmation]) -> Path:

@@ -84,13 +84,7 @@ def _trial(pool_list: Sequence[Pool], rows: int, reps: int, rng: random.Random,
             b = _shifted(b, shift, pool.figure.higher_is_worse)
         verdicts.append(stats.compare(a, b, min_effect=min_effect, alpha=alpha,
                                       higher_is_worse=pool.figure.higher_is_worse))
-    if control:
-        keep = stats.benjamini_hochberg([v.p_value for v in verdicts], alpha)
-        verdicts = [v if (not v.flagged or kept) else stats.Verdict(
-            stats.NO_CHANGE, v.n_a, v.n_b, v.median_a, v.median_b, v.rel_change, v.p_value,
-            v.alpha, v.min_effect, "withdrawn by the report-wide control")
-            for v, kept in zip(verdicts, keep)]
-    return verdicts
+    return stats.held_to_fdr(verdicts, alpha) if control else verdicts
 
 
 @dataclass(frozen=True)

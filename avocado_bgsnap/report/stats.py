@@ -19,7 +19,7 @@ samples", never "no change".
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Iterable, Sequence
 
 REGRESSION = "regression"
@@ -173,6 +173,19 @@ def benjamini_hochberg(p_values: Sequence[float | None], q: float = DEFAULT_ALPH
     for _, i in ranked[:last]:
         keep[i] = True
     return keep
+
+
+def held_to_fdr(verdicts: Sequence[Verdict], q: float = DEFAULT_ALPHA,
+                scope: str = "") -> list[Verdict]:
+    """The verdicts with the flags that are no Benjamini-Hochberg discovery
+    at ``q`` over all of them made "no change", the reason in the note.
+    ``scope`` names the set in that note (e.g. "the report's ")."""
+    keep = benjamini_hochberg([v.p_value for v in verdicts], q)
+    m = sum(v.p_value is not None for v in verdicts)
+    return [v if kept or not v.flagged else replace(
+        v, verdict=NO_CHANGE, note=f"p {v.p_value:.3g} is not a discovery over {scope}{m} "
+                                   f"comparisons (Benjamini-Hochberg, q {q})")
+            for v, kept in zip(verdicts, keep)]
 
 
 def loglog_slope(xs: Sequence[float], ys: Sequence[float]) -> float | None:
