@@ -33,6 +33,9 @@ setup(
         # avocado's HTML job page (results.html); the report plugin links
         # its own report from it (docs/report.md)
         "avocado-framework-plugin-result-html==113.0",
+        # avocado bgsnap baseline: the raw-QEMU side speaks QMP with QEMU's
+        # own Python client, not a hand-written one (docs/dependencies.md)
+        "qemu-qmp",  # (so spelt: pkg_resources cannot find "qemu.qmp")
     ],
     extras_require={
         "test": ["pytest"],

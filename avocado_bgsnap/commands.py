@@ -338,6 +338,23 @@ def ab_confirm(config) -> int:
     return EXIT_OK
 
 
+def baseline(config) -> int:
+    """The suite's test against the same cycle on raw QEMU (baseline/)."""
+    from .baseline import compare, runs
+
+    test = _opt(config, "baseline_test") or runs.DEFAULT_TEST
+    n = _opt(config, "baseline_runs") or runs.DEFAULT_RUNS
+    try:
+        result = runs.measure(test, n, LOG_UI.info)
+    except (runs.RunError, compare.BaselineError) as exc:
+        LOG_UI.error("no baseline: %s", exc)
+        return EXIT_FAIL
+    for line in compare.render(result.rows, len(result.suite), len(result.raw)).splitlines():
+        LOG_UI.info("%s", line)
+    LOG_UI.info("json     %s", result.path)
+    return EXIT_OK
+
+
 def _safe(name: str) -> str:
     return "".join(c if c.isalnum() or c in "._-" else "_" for c in name)
 
@@ -358,6 +375,7 @@ def dispatch(subcommand: str | None, config) -> int:
         "repro": repro,
         "ab-error-rates": ab_error_rates,
         "ab-confirm": ab_confirm,
+        "baseline": baseline,
     }
     if subcommand not in handlers:
         LOG_UI.error("usage: avocado bgsnap {%s}", ",".join(handlers))

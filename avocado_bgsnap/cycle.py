@@ -194,7 +194,8 @@ class SnapshotCycle:
         self.record.set("qemu_memory_before", process_memory(self.vm.get_pid()).to_dict())
         self.log("%s snapshot -> %s" % (self.cfg.mode, self.snapshot_path))
         self.triggered_at = time.monotonic()
-        result = self._take(qmp, ctx)
+        with self.record.phase("snapshot"):
+            result = self._take(qmp, ctx)
         self.record.set("rss_after_kib", rss_kib(self.vm.get_pid()))
         if self.during:
             self.during.settle(ctx)
@@ -253,11 +254,12 @@ class SnapshotCycle:
         """The guest ran during the save, and its memory is intact after it."""
         advanced = sum(self.steps_after_resume) - sum(self.steps_before)
         self.record.set("steps_during_save", advanced)
-        status = self.workload.status()
-        self.record.set("latency_windows", status.get("windows"))
-        self.workload.freeze()
-        self.source_verify = self.workload.verify(self.cfg.verify_timeout_s)
-        self.workload.thaw()
+        with self.record.phase("source_check"):
+            status = self.workload.status()
+            self.record.set("latency_windows", status.get("windows"))
+            self.workload.freeze()
+            self.source_verify = self.workload.verify(self.cfg.verify_timeout_s)
+            self.workload.thaw()
         self.record.set("source_verify", self.source_verify.summary())
 
     # -- 5 ------------------------------------------------------------------
@@ -301,8 +303,28 @@ class SnapshotCycle:
         """Restore the image into a second QEMU, verify it on the host and in
         the guest.  An image that does not load, or a restored guest that
         never answers, is a :class:`~avocado_bgsnap.verdicts.Defect` (FAIL)."""
-        with self._restored() as (clone, qmp):
+        with self._source_parked(), self._restored() as (clone, qmp):
             self._verify_restored(clone, qmp)
+
+    @contextlib.contextmanager
+    def _source_parked(self):
+        """Pause the source while its image is restored and checked, when its
+        save completed and it verified clean: its writers would take a core
+        from the restore (on 2 TCG cores, measured: docs/benchmarks.md).  A
+        source whose save failed is left running: 'stop' waits for vCPUs, and
+        a wedged one never stops."""
+        parked = None
+        if (self.source_verify is not None and self.source_verify.clean
+                and not self.vm.is_dead()):
+            qmp = SnapshotQMP(self.vm.monitor, self.log)
+            if qmp.status() == "running":
+                qmp.stop()
+                parked = qmp
+        try:
+            yield
+        finally:
+            if parked is not None and not self.vm.is_dead():
+                parked.cont()
 
     def restore_and_check(self, check_ram: Callable[[Path], None] | None,
                           check_guest: Callable[[object, float], None]) -> None:
@@ -429,13 +451,14 @@ class SnapshotCycle:
                               f"{self.record.get('restored_status')})") from exc
 
     def _verify_in_guest(self, clone) -> VerifyResult:
-        session = self._login_restored(clone)
-        try:
-            workload = GuestWorkload(session, self.cfg.workload, self.log)
-            workload.freeze()
-            return workload.verify(self.cfg.verify_timeout_s)
-        finally:
-            session.close()
+        with self.record.phase("guest_verify"):
+            session = self._login_restored(clone)
+            try:
+                workload = GuestWorkload(session, self.cfg.workload, self.log)
+                workload.freeze()
+                return workload.verify(self.cfg.verify_timeout_s)
+            finally:
+                session.close()
 
     # -- 8 ------------------------------------------------------------------
     def point_in_time_error(self) -> str | None:
@@ -498,6 +521,10 @@ class SnapshotCycle:
         return errors
 
     def cleanup(self) -> None:
+        with self.record.phase("cleanup"):
+            self._cleanup()
+
+    def _cleanup(self) -> None:
         if self.session is not None:
             self.session.close()
         if vt_compat.shutdown_bounded(self.vm):

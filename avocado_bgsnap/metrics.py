@@ -5,6 +5,7 @@ test's output dir (``<job>/test-results/<test>/data/``), where the report
 command and people find it.
 """
 
+import contextlib
 import json
 import time
 from pathlib import Path
@@ -39,6 +40,15 @@ class Metrics:
         seconds = time.monotonic() - self._timers.pop(phase)
         self._data.setdefault("phase_s", {})[phase] = round(seconds, 3)
         return seconds
+
+    @contextlib.contextmanager
+    def phase(self, name: str):
+        """Time the block as ``phase_s[name]`` (also when it raises)."""
+        self.start(name)
+        try:
+            yield
+        finally:
+            self.stop(name)
 
     def as_dict(self) -> dict:
         return dict(self._data)

@@ -54,6 +54,10 @@ OPTIONS = (
     ("rates_rows", int, None, "Comparisons in one simulated report (default: one per pool; "
      "'avocado run ab' makes 16)", "--rows"),
     ("rates_trials", int, None, "Simulated reports per figure (default 400)", "--trials"),
+    ("baseline_test", str, None, "The test to compare with raw QEMU (default "
+     "bgsnap.basic.1g)", "TEST?"),
+    ("baseline_runs", int, None, "Runs of each side, suite and raw interleaved (default 3)",
+     "--runs"),
     ("confirm_runs", int, None, "Runs per side of each flagged point (default 5, at least 4)",
      "--runs"),
     ("repro_output", str, None, "Folder for the script and its files (default: "
@@ -88,6 +92,9 @@ SUBCOMMANDS = {
     "ab-confirm": ("Re-run a job's A/B flags between QEMU builds, A and B interleaved, and "
                    "report confirmed flags apart (docs/benchmarks.md)",
                    ("job", "confirm_runs")),
+    "baseline": ("Run a test and the same cycle with plain QEMU and QMP, no avocado(-vt); "
+                 "print suite / raw per phase (docs/benchmarks.md)",
+                 ("baseline_test", "baseline_runs")),
     "repro": ("Write a standalone reproducer (QEMU + Python 3 + bgsnap-wl) of a failed "
               "test (docs/repro.md)", ("repro_job", "repro_test", "repro_output")),
 }
