@@ -299,39 +299,22 @@ def ab_error_rates(config) -> int:
 
 def ab_confirm(config) -> int:
     """Re-run a job's A/B flags, A and B interleaved, and keep those that
-    hold (report/confirm.py); the job's report is written again."""
-    from .report import build as report_build, collect, compare, confirm
+    hold (report/confirm_run.py); the job's report is written again."""
+    from .report import build as report_build, collect, confirm, confirm_run
 
     job = Path(_opt(config, "job") or paths.results_dir() / "latest").resolve()
-    runs = _opt(config, "confirm_runs") or 5
+    runs = _opt(config, "confirm_runs") or confirm_run.DEFAULT_RUNS
     try:
-        comparisons = compare.compare_builds(collect.load_points([job]))
-        compare.control_report(comparisons)
-        flag_list = confirm.flags(comparisons)
-        refs = confirm.plan(flag_list, runs) if flag_list else []
+        confirmations = confirm_run.confirm_job(job, runs, LOG_UI.info)
     except (collect.ReportError, confirm.ConfirmError) as exc:
         LOG_UI.error("cannot confirm: %s", exc)
         return EXIT_FAIL
-    if not flag_list:
+    if not confirmations:
         LOG_UI.info("nothing to confirm: no A/B flag between QEMU builds in %s", job)
         return EXIT_OK
-    LOG_UI.info("re-running %d flag(s) as %d tests, A and B interleaved: %s",
-                len(flag_list), len(refs), " ".join(refs))
-    before = set(job.parent.glob("job-*"))
-    subprocess.run([sys.executable, "-m", "avocado", "run", *refs], check=False)
-    rerun = sorted(set(job.parent.glob("job-*")) - before)
-    if not rerun:
-        LOG_UI.error("cannot confirm: the re-run made no job in %s", job.parent)
-        return EXIT_FAIL
-    confirmations = confirm.judge(flag_list, collect.load_points(rerun[-1:]))
-    out = confirm.write(job, rerun[-1], confirmations)
     for c in confirmations:
-        f = c.flag
-        LOG_UI.info("%s %s vs %s, %s %d MiB %s: re-run says %s (p %s, %d/%d runs)",
-                    "CONFIRMED" if c.confirmed else "not confirmed", f.b_label, f.a_label,
-                    f.mode, f.guest_mem_mib, f.figure, c.rerun,
-                    "n/a" if c.p_value is None else f"{c.p_value:.3g}", c.n_a, c.n_b)
-    LOG_UI.info("json     %s", out)
+        LOG_UI.info("%s", confirm_run.describe(c))
+    LOG_UI.info("json     %s", job / confirm.CONFIRM_FILE)
     result = report_build.make_report([job])
     for line in result.answers:
         LOG_UI.info("%s", line)

@@ -454,7 +454,9 @@ class SnapshotCycle:
         with self.record.phase("guest_verify"):
             session = self._login_restored(clone)
             try:
-                workload = GuestWorkload(session, self.cfg.workload, self.log)
+                # the restored guest is the source's: its workload binary is where it was
+                known = self.workload.binary if self.workload is not None else None
+                workload = GuestWorkload(session, self.cfg.workload, self.log, binary=known)
                 workload.freeze()
                 return workload.verify(self.cfg.verify_timeout_s)
             finally:

@@ -5,6 +5,7 @@ fixed upstream, delete the function and its one caller.
 """
 
 import contextlib
+import functools
 import os
 import shlex
 import signal
@@ -234,6 +235,7 @@ def guarded(run):
             stdin=read_end, start_new_session=True, env=env_clean,
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         os.close(read_end)
+        quick_vm_start()                            # workaround 12
         remote_dir = remote_output_dir(test)        # workaround 10
         if remote_dir:
             clear_remote_output(remote_dir, before=started_at(runner_pid))
@@ -398,3 +400,76 @@ def close_remote_sessions() -> int:
             session.close()
     RemoteSpawner.slots_cache.clear()
     return len(sessions)
+
+
+# --- 12. Two fixed seconds in every VM start ------------------------------------------
+# VM.create() (virttest/qemu_vm.py) starts QEMU with aexpect.run_tail(), which
+# waits its default 1 s to see whether the command exits at once, and later
+# sleeps 1 s "for IO channels setting up completely, such as serial console".
+# Measured: 2.1 s of each VM start, two starts per test (source and restore),
+# 4 s of a 1 GiB test's 29 s (docs/benchmarks.md, "What the suite costs").
+# Both wait for something that can be watched, so while create() runs:
+# * run_tail() waits 0.1 s: a QEMU that exits later is still caught, as no
+#   monitor connects and avocado-vt raises VMCreateError with QEMU's output;
+# * the sleep waits, bounded by its own 1 s, until each serial console's
+#   socket is connected (QEMU's end in /proc/net/unix, state 03).
+# Only the names qemu_vm looks up ('aexpect', 'time') are wrapped, for the
+# duration of create(); remove this when avocado-vt waits on the channels.
+RUN_TAIL_WAIT_S = 0.1
+
+
+class _QuickStart:
+    """What ``virttest.qemu_vm`` sees as ``aexpect`` and ``time`` during one
+    VM.create(): the real modules but for run_tail's wait and sleep."""
+
+    def __init__(self, module, vm, **overrides):
+        self._module, self._vm = module, vm
+        self.__dict__.update(overrides)
+
+    def __getattr__(self, name):
+        return getattr(self._module, name)
+
+
+def _serials_connected(vm) -> bool:
+    try:
+        paths = set(vm.get_serial_console_filenames())
+        lines = Path("/proc/net/unix").read_text().splitlines()[1:]
+    except (OSError, AttributeError):
+        return True  # nothing to watch: do not wait
+    connected = {f[7] for f in (line.split() for line in lines) if len(f) >= 8 and f[5] == "03"}
+    return paths <= connected
+
+
+def quick_vm_start(qemu_vm=None) -> None:
+    """Install the wrapper of VM.create() (once per process); ``qemu_vm`` is
+    ``virttest.qemu_vm`` unless a test passes a stand-in."""
+    if qemu_vm is None:
+        from virttest import qemu_vm  # avocado-vt import kept local to this workaround
+
+    original = qemu_vm.VM.create
+    if getattr(original, "bgsnap_quick", False):
+        return
+    real_aexpect, real_time = qemu_vm.aexpect, qemu_vm.time
+
+    def run_tail(*args, **kwargs):
+        if len(args) < 5:
+            kwargs.setdefault("timeout", RUN_TAIL_WAIT_S)
+        return real_aexpect.run_tail(*args, **kwargs)
+
+    @functools.wraps(original)
+    def create(self, *args, **kwargs):
+        def sleep(seconds):
+            deadline = time.monotonic() + seconds
+            while time.monotonic() < deadline and not _serials_connected(self):
+                time.sleep(0.01)
+
+        qemu_vm.aexpect = _QuickStart(real_aexpect, self, run_tail=run_tail)
+        qemu_vm.time = _QuickStart(real_time, self, sleep=sleep)
+        try:
+            return original(self, *args, **kwargs)
+        finally:
+            qemu_vm.aexpect, qemu_vm.time = real_aexpect, real_time
+
+    create.bgsnap_quick = True
+    qemu_vm.VM.create = create
+

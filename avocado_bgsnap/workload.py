@@ -21,14 +21,16 @@ class GuestWorkload:
     """One ``bgsnap-wl run`` process in a guest, reached through ``session``."""
 
     def __init__(self, session, spec: WorkloadSpec, log: Callable[[str], None] = lambda m: None,
-                 cmd_timeout: float = 60, run_args: tuple[str, ...] = ()):
+                 cmd_timeout: float = 60, run_args: tuple[str, ...] = (),
+                 binary: str | None = None):
         self.session = session
         self.spec = spec
         # more options for 'run' (the journal of docs/disk.md: --journal FILE)
         self.run_args = tuple(run_args)
         self.log = log
         self.cmd_timeout = cmd_timeout
-        self._binary: str | None = None
+        # known already (the restored copy of a guest whose run found it): not looked up again
+        self._binary: str | None = binary
         self.pid: int | None = None
         self.guest_log = GUEST_LOG
 

@@ -67,6 +67,32 @@ def link_from_avocado_html(job_dir: Path, report_html: Path) -> bool:
     return True
 
 
+def confirm_ab_flags(logdir: Path, points, config) -> None:
+    """At the end of an ``avocado run ab`` job: re-run its flags between QEMU
+    builds, A and B interleaved, before the report is written, so that the
+    report tells confirmed flags from chance (report/confirm_run.py).
+    ``bgsnap.confirm_runs = 0`` in avocado's config turns it off; the re-run
+    job itself never confirms again."""
+    from . import confirm_run
+
+    if not confirm_run.is_ab_job(points) or confirm_run.confirming():
+        return
+    runs = config.get("bgsnap.confirm_runs")
+    runs = confirm_run.DEFAULT_RUNS if runs is None else int(runs)
+    if runs <= 0:
+        LOG_UI.info("bgsnap: A/B flags are not re-run (bgsnap.confirm_runs = 0): the report "
+                    "marks them unconfirmed")
+        return
+    try:
+        confirmations = confirm_run.confirm_job(
+            logdir, runs, lambda msg: LOG_UI.info("bgsnap: %s", msg))
+    except Exception as exc:  # pylint: disable=W0703 - never fail a job for it
+        LOG_UI.warning("bgsnap: A/B flags not confirmed: %s: %s", type(exc).__name__, exc)
+        return
+    for c in confirmations:
+        LOG_UI.info("bgsnap: %s", confirm_run.describe(c))
+
+
 class BgsnapReportResult(Result):
     name = "bgsnap-report"
     description = "avocado-bgsnap report (tables + plots) in <job>/bgsnap-report/"
@@ -89,6 +115,7 @@ class BgsnapReportResult(Result):
                 return  # only negative controls / the workload benchmark: nothing to plot
             from .build import make_report  # matplotlib/scipy only when there is data
 
+            confirm_ab_flags(logdir, points, job.config)
             report = make_report([logdir], statuses=statuses)
         except Exception as exc:  # pylint: disable=W0703 - a report must never fail a job
             LOG_UI.warning("bgsnap report not written: %s: %s", type(exc).__name__, exc)

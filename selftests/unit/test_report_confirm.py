@@ -74,3 +74,39 @@ def test_an_unreadable_confirmation_is_an_error(tmp_path):
     (job / confirm.CONFIRM_FILE).write_text("{")
     with pytest.raises(collect.ReportError, match="unreadable confirmation"):
         confirm.load([job])
+
+
+def test_the_end_of_an_ab_job_reruns_its_flags_once(tmp_path, monkeypatch):
+    """The report plugin's hook: an 'ab' job of two builds is confirmed before
+    its report; the re-run job itself, a job of one build, a job of another
+    family and confirm_runs = 0 are not."""
+    from avocado_bgsnap.report import confirm_run, result_plugin
+
+    calls = []
+    monkeypatch.setattr(confirm_run, "confirm_job",
+                        lambda job, runs, log: calls.append((job.name, runs)) or [])
+    monkeypatch.delenv(confirm_run.CONFIRMING_ENV, raising=False)
+    job = _ab_job(tmp_path, "job-first", 1, 3.0)
+    points = collect.load_points([job])
+    assert confirm_run.is_ab_job(points)
+    result_plugin.confirm_ab_flags(job, points, {})
+    result_plugin.confirm_ab_flags(job, points, {"bgsnap.confirm_runs": 6})
+    result_plugin.confirm_ab_flags(job, points, {"bgsnap.confirm_runs": 0})
+    assert calls == [("job-first", confirm_run.DEFAULT_RUNS), ("job-first", 6)]
+    one_build = [p for p in points if p.qemu_build == "system"]
+    assert not confirm_run.is_ab_job(one_build)
+    scale = make_job(tmp_path, "job-scale", scale_tests(
+        builds=("system", "qemu10"), modes=("background",), sizes=(256,), reps=5, seed=1))
+    assert not confirm_run.is_ab_job(collect.load_points([scale]))
+    monkeypatch.setenv(confirm_run.CONFIRMING_ENV, "job-first")
+    result_plugin.confirm_ab_flags(job, points, {})
+    assert len(calls) == 2
+
+
+def test_a_job_without_flags_runs_nothing_again(tmp_path, monkeypatch):
+    from avocado_bgsnap.report import confirm_run
+
+    monkeypatch.setattr(confirm_run.subprocess, "run",
+                        lambda *a, **k: pytest.fail("nothing to re-run"))
+    job = _ab_job(tmp_path, "job-same", 1, 1.0)
+    assert confirm_run.confirm_job(job) == []

@@ -135,3 +135,70 @@ def test_remote_sessions_are_closed_once(monkeypatch):
     assert vt_compat.close_remote_sessions() == 2
     assert Session.closed == 2 and RemoteSpawner.slots_cache == {}
     assert vt_compat.close_remote_sessions() == 0
+
+
+def _unix_pair(path):
+    import socket
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(str(path))
+    server.listen()
+    return server
+
+
+class _SerialVM:
+    def __init__(self, *paths):
+        self.paths = [str(p) for p in paths]
+
+    def get_serial_console_filenames(self):
+        return self.paths
+
+
+def test_a_serial_console_counts_as_up_once_its_socket_is_connected(tmp_path):
+    import socket
+    path = tmp_path / "serial"
+    server = _unix_pair(path)
+    try:
+        # negative control: QEMU listening, nobody connected yet
+        assert not vt_compat._serials_connected(_SerialVM(path))
+        client = socket.socket(socket.AF_UNIX)
+        client.connect(str(path))
+        accepted, _ = server.accept()
+        assert vt_compat._serials_connected(_SerialVM(path))
+        # every console must be up, not just one
+        assert not vt_compat._serials_connected(_SerialVM(path, tmp_path / "other"))
+        client.close()
+        accepted.close()
+    finally:
+        server.close()
+
+
+def test_vm_start_waits_are_shortened_only_inside_create():
+    import time
+    import types
+
+    calls = []
+    fake_aexpect = types.SimpleNamespace(
+        run_tail=lambda *a, **k: calls.append(("run_tail", k.get("timeout"))),
+        Tail=object)
+
+    class VM:
+        def get_serial_console_filenames(self):
+            return []  # nothing to watch: the sleep returns at once
+
+        def create(self):
+            module.aexpect.run_tail("qemu", None, None, "[qemu output] ")
+            assert module.aexpect.Tail is object      # the rest is the real module's
+            started = time.monotonic()
+            module.time.sleep(1)
+            calls.append(("slept", round(time.monotonic() - started, 1)))
+            calls.append(("time", module.time.time() > 0))
+            return "created"
+
+    module = types.SimpleNamespace(VM=VM, aexpect=fake_aexpect, time=time)
+    vt_compat.quick_vm_start(module)
+    vt_compat.quick_vm_start(module)  # once per process: not wrapped twice
+    assert module.VM.create.bgsnap_quick
+    assert VM().create() == "created"
+    assert calls == [("run_tail", vt_compat.RUN_TAIL_WAIT_S), ("slept", 0.0), ("time", True)]
+    # outside create() qemu_vm sees the real modules again
+    assert module.aexpect is fake_aexpect and module.time is time
