@@ -276,16 +276,19 @@ def repro(config) -> int:
 def ab_error_rates(config) -> int:
     """The A/B verdict's false-flag rate and power, resampled from real runs
     (report/error_rates.py, docs/benchmarks.md)."""
-    from .report import collect, error_rates  # scipy only when asked for
+    from .report import collect, error_rates, stats  # scipy only when asked for
 
     jobs = _opt(config, "report_jobs") or [str(paths.results_dir() / "latest")]
     try:
         reps = [int(r) for r in str(_opt(config, "rates_reps") or "5").split(",")]
+        floors = [float(f) for f in str(_opt(config, "rates_min_effect")
+                                        or stats.DEFAULT_MIN_EFFECT).split(",")]
         pool_list = error_rates.pools(collect.load_points(collect.job_dirs(jobs)))
         results = [error_rates.measure(pool_list, r, rows=_opt(config, "rates_rows"),
                                        trials=_opt(config, "rates_trials")
-                                       or error_rates.DEFAULT_TRIALS, control=control)
-                   for r in reps for control in (False, True)]
+                                       or error_rates.DEFAULT_TRIALS, control=control,
+                                       min_effect=floor)
+                   for floor in floors for r in reps for control in (False, True)]
     except (collect.ReportError, ValueError) as exc:
         LOG_UI.error("no error rates: %s", exc)
         return EXIT_FAIL

@@ -54,6 +54,8 @@ OPTIONS = (
     ("rates_rows", int, None, "Comparisons in one simulated report (default: one per pool; "
      "'avocado run ab' makes 16)", "--rows"),
     ("rates_trials", int, None, "Simulated reports per figure (default 400)", "--trials"),
+    ("rates_min_effect", str, None, "Effect floors to measure at, comma-separated fractions "
+     "(default: the report's, 0.2)", "--min-effect"),
     ("baseline_test", str, None, "The test to compare with raw QEMU (default "
      "bgsnap.basic.1g)", "TEST?"),
     ("baseline_runs", int, None, "Runs of each side, suite and raw interleaved (default 3)",
@@ -88,7 +90,8 @@ SUBCOMMANDS = {
                         "per kernel", ("kernel_refs",)),
     "ab-error-rates": ("The A/B verdict's false-flag rate and power at N runs per side, "
                        "resampled from the real runs of the given jobs (docs/benchmarks.md)",
-                       ("report_jobs", "rates_reps", "rates_rows", "rates_trials")),
+                       ("report_jobs", "rates_reps", "rates_rows", "rates_trials",
+                        "rates_min_effect")),
     "ab-confirm": ("Re-run a job's A/B flags between QEMU builds, A and B interleaved, and "
                    "report confirmed flags apart (docs/benchmarks.md)",
                    ("job", "confirm_runs")),

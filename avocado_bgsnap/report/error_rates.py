@@ -96,6 +96,7 @@ class Rates:
     false_flag_rate: float          # flagged rows / rows, A/A
     reports_with_false_flag: float  # trials with at least one flag, A/A
     power: dict[str, float]         # shift ("20 %") -> fraction of trials the shifted row was found
+    min_effect: float = stats.DEFAULT_MIN_EFFECT  # the effect floor of the verdict
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -130,17 +131,18 @@ def measure(pool_list: Sequence[Pool], reps: int, rows: int | None = None,
             found += verdicts[target].verdict == stats.REGRESSION
         power[f"{shift * 100:.0f} %"] = found / trials
     return Rates(reps, rows, control, trials, flagged / (trials * rows), with_flag / trials,
-                 power)
+                 power, min_effect)
 
 
 def render(pool_list: Sequence[Pool], results: Sequence[Rates]) -> str:
     lines = [f"pools: {len(pool_list)} (" + "; ".join(
         f"{p.label}: {len(p.values)} runs" for p in pool_list) + ")"]
     shifts = list(results[0].power) if results else []
-    lines.append("reps  rows  control  false flags/row  reports with a flag  "
+    lines.append("floor  reps  rows  control  false flags/row  reports with a flag  "
                  + "  ".join(f"found {s}" for s in shifts))
     for r in results:
-        lines.append(f"{r.reps:4d}  {r.rows:4d}  {'BH' if r.control else 'none':7s}  "
+        lines.append(f"{r.min_effect * 100:4.0f}%  {r.reps:4d}  {r.rows:4d}  "
+                     f"{'BH' if r.control else 'none':7s}  "
                      f"{r.false_flag_rate * 100:14.2f} %  {r.reports_with_false_flag * 100:18.1f} %  "
                      + "  ".join(f"{r.power[s] * 100:8.1f} %" for s in shifts))
     return "\n".join(lines)

@@ -52,3 +52,16 @@ def test_pools_come_from_repeated_passed_runs(tmp_path):
     assert error_rates.pools(collect.load_points([job]), min_values=7) == []
     with pytest.raises(collect.ReportError, match="no pool of repeated runs"):
         error_rates.measure([], reps=5)
+
+
+def test_a_floor_at_the_shift_caps_its_power_and_a_lower_one_lifts_it():
+    """A true 20 % shift moves the observed median by 20 % or more only about
+    half the time: a 20 % floor cannot find it reliably, a 10 % one can."""
+    rng = random.Random(7)
+    quiet = _pool([rng.lognormvariate(0, 0.05) for _ in range(60)])
+    at = error_rates.measure([quiet], reps=10, rows=4, trials=80, shifts=(0.2,), min_effect=0.2)
+    below = error_rates.measure([quiet], reps=10, rows=4, trials=80, shifts=(0.2,),
+                                min_effect=0.1)
+    assert at.power["20 %"] < 0.8 <= below.power["20 %"]
+    assert (at.min_effect, below.min_effect) == (0.2, 0.1)
+    assert below.false_flag_rate == 0
