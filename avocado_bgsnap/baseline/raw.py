@@ -14,7 +14,10 @@ What makes it the same cycle as the suite's and nothing more:
   guest command is byte for byte the suite's.
 
 QMP is :mod:`qemu.qmp` (QEMU's own Python client, PyPI ``qemu.qmp``); the
-serial console is a unix socket read by a thread.
+serial console is a unix socket read by a thread.  ``repro_script.py`` has
+a console of the same kind; it stays apart because that file is written out
+whole as a standalone reproducer (stdlib only), and because this one polls
+every 10 ms: the raw side must not be slowed by its own harness.
 """
 
 import contextlib

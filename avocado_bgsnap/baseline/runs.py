@@ -43,13 +43,16 @@ def order(runs: int) -> list[str]:
     return [side for i in range(runs) for side in pair[i % 2]]
 
 
-def suite_run(test: str, log: Callable[[str], None]) -> tuple[dict, Path]:
-    """One ``avocado run TEST``: its phases, and the test's results dir."""
-    results = paths.results_dir()
+def suite_run(test: str, log: Callable[[str], None],
+              results: Path | None = None) -> tuple[dict, Path]:
+    """One ``avocado run TEST`` (its jobs in ``results``, default the suite's
+    results dir): its phases, and the test's results dir."""
+    results = results or paths.results_dir()
+    results.mkdir(parents=True, exist_ok=True)
     before = set(results.glob("job-*"))
     started = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "avocado", "run", test],
-                          capture_output=True, text=True, check=False)
+    proc = subprocess.run([sys.executable, "-m", "avocado", "run", "--job-results-dir",
+                           str(results), test], capture_output=True, text=True, check=False)
     wall = time.monotonic() - started
     made = sorted(set(results.glob("job-*")) - before)
     if not made:
@@ -68,13 +71,14 @@ def suite_run(test: str, log: Callable[[str], None]) -> tuple[dict, Path]:
     return phases, test_dir
 
 
-def measure(test: str, runs: int, log: Callable[[str], None]) -> Baseline:
+def measure(test: str, runs: int, log: Callable[[str], None],
+            results: Path | None = None) -> Baseline:
     if runs < 1:
         raise RunError(f"--runs must be at least 1, got {runs}")
     suite, raw_runs, plan, last_dir = [], [], None, None
     for side in order(runs):
         if side == "suite":
-            phases, last_dir = suite_run(test, log)
+            phases, last_dir = suite_run(test, log, results)
             suite.append(phases)
             continue
         if plan is None:  # the first run of the pair order is a suite run
