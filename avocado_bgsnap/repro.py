@@ -174,8 +174,8 @@ def make_plan(test_name: str, debug_log: str, trace: list[dict], metrics: dict,
         "workload_start": f"{spec.run_command(binary=GUEST_BINARY)} > {GUEST_LOG} 2>&1 &",
         "workload_status": f"{GUEST_BINARY} ctl status",
         "restore_argv": None, "restore_qmp": [], "verify_argv": None,
-        "original_files": {"kernel": _arg_after(source.argv, "-kernel"),
-                           "initrd": _arg_after(source.argv, "-initrd")},
+        "original_files": {"kernel": arg_after(source.argv, "-kernel"),
+                           "initrd": arg_after(source.argv, "-initrd")},
     }
     if expect != SOURCE_WEDGED:
         if len(runs) < 2:
@@ -188,7 +188,8 @@ def make_plan(test_name: str, debug_log: str, trace: list[dict], metrics: dict,
     return plan
 
 
-def _arg_after(argv, option: str) -> str | None:
+def arg_after(argv, option: str) -> str | None:
+    """The argument after ``option`` in ``argv`` (None without one)."""
     argv = list(argv)
     return argv[argv.index(option) + 1] if option in argv[:-1] else None
 

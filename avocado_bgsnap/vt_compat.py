@@ -409,8 +409,9 @@ def close_remote_sessions() -> int:
 # Measured: 2.1 s of each VM start, two starts per test (source and restore),
 # 4 s of a 1 GiB test's 29 s (docs/benchmarks.md, "What the suite costs").
 # Both wait for something that can be watched, so while create() runs:
-# * run_tail() waits 0.1 s (not for a restoring QEMU: see create()); a QEMU that exits later is still caught, as no
-#   monitor connects and avocado-vt raises VMCreateError with QEMU's output;
+# * run_tail() waits 0.1 s for a booting QEMU: one that exits later is still
+#   caught, as no monitor connects and avocado-vt raises VMCreateError; a
+#   restoring QEMU keeps the 1 s (see create());
 # * the sleep waits, bounded by its own 1 s, until each serial console's
 #   socket is connected (QEMU's end in /proc/net/unix, state 03).
 # Only the names qemu_vm looks up ('aexpect', 'time') are wrapped, for the
@@ -422,8 +423,8 @@ class _QuickStart:
     """What ``virttest.qemu_vm`` sees as ``aexpect`` and ``time`` during one
     VM.create(): the real modules but for run_tail's wait and sleep."""
 
-    def __init__(self, module, vm, **overrides):
-        self._module, self._vm = module, vm
+    def __init__(self, module, **overrides):
+        self._module = module
         self.__dict__.update(overrides)
 
     def __getattr__(self, name):
@@ -469,8 +470,8 @@ def quick_vm_start(qemu_vm=None) -> None:
             while time.monotonic() < deadline and not _serials_connected(self):
                 time.sleep(0.01)
 
-        qemu_vm.aexpect = _QuickStart(real_aexpect, self, run_tail=run_tail)
-        qemu_vm.time = _QuickStart(real_time, self, sleep=sleep)
+        qemu_vm.aexpect = _QuickStart(real_aexpect, run_tail=run_tail)
+        qemu_vm.time = _QuickStart(real_time, sleep=sleep)
         try:
             return original(self, *args, **kwargs)
         finally:
@@ -478,4 +479,3 @@ def quick_vm_start(qemu_vm=None) -> None:
 
     create.bgsnap_quick = True
     qemu_vm.VM.create = create
-

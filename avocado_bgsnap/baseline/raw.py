@@ -21,6 +21,7 @@ every 10 ms: the raw side must not be slowed by its own harness.
 """
 
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -34,7 +35,9 @@ from pathlib import Path
 
 from qemu.qmp.legacy import QEMUMonitorProtocol
 
-from .. import repro
+from .. import qmp_trace, repro
+from ..metrics import METRICS_FILE
+from ..repro_script import fill
 from ..workload import GuestWorkload
 from ..wlproto import WorkloadSpec
 
@@ -62,12 +65,9 @@ class RawPlan:
 
 def plan_from_test(test_dir: Path) -> RawPlan:
     """The raw plan of a finished test: its debug.log, QMP trace and record."""
-    import json
-
     debug_log = (test_dir / "debug.log").read_text(errors="replace")
-    record = json.loads((test_dir / "data" / "bgsnap-metrics.json").read_text())
-    trace = [json.loads(line) for line in (test_dir / "bgsnap-qmp-trace.jsonl")
-             .read_text().splitlines() if line.strip()]
+    record = json.loads((test_dir / "data" / METRICS_FILE).read_text())
+    trace = qmp_trace.read(test_dir / qmp_trace.TRACE_FILE)
     runs = repro.qemu_runs(debug_log)
     if len(runs) < 2:
         raise RawError(f"{test_dir.name}: its debug.log shows {len(runs)} QEMU run(s), "
@@ -82,19 +82,15 @@ def plan_from_test(test_dir: Path) -> RawPlan:
         raise RawError(f"{test_dir.name}: its QMP trace has no 'migrate'")
     uri = repro.portable_argv((migrate[-1]["args"]["uri"],), snapshot_dir)[0]
     # the guest files stay where the test took them from
-    files = {"kernel": _arg_after(source.argv, "-kernel"),
-             "initrd": _arg_after(source.argv, "-initrd")}
+    files = {"kernel": repro.arg_after(source.argv, "-kernel") or "",
+             "initrd": repro.arg_after(source.argv, "-initrd") or ""}
 
     def portable(argv):
-        return tuple(repro_fill(repro.portable_argv(argv, snapshot_dir), files))
+        return tuple(fill(repro.portable_argv(argv, snapshot_dir), files))
 
     return RawPlan(source_argv=portable(source.argv), restore_argv=portable(restore.argv),
                    setup_qmp=setup, save_uri=uri,
                    workload=WorkloadSpec(**record["workload"]))
-
-
-def _arg_after(argv, option: str) -> str:
-    return argv[argv.index(option) + 1] if option in argv else ""
 
 
 class Console:
@@ -182,7 +178,7 @@ class Qemu:
 
     def start(self) -> None:
         values = {"work": self.work, "qmp": self._path("qmp"), "serial": self._path("serial")}
-        argv = repro_fill(self.argv, values)
+        argv = fill(self.argv, values)
         self._log = open(os.path.join(self.work, f"{self.name}-qemu.log"), "wb")
         self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=self._log,
                                      stderr=subprocess.STDOUT)
@@ -243,15 +239,6 @@ class Qemu:
                 self.proc.wait()
         if self._log is not None:
             self._log.close()
-
-
-def repro_fill(argv, values: dict) -> list[str]:
-    out = []
-    for arg in argv:
-        for key, text in values.items():
-            arg = arg.replace("{%s}" % key, text)
-        out.append(arg)
-    return out
 
 
 def _wait_path(path: str, proc: subprocess.Popen, timeout: float = CONNECT_TIMEOUT_S) -> None:

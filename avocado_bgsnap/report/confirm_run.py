@@ -43,12 +43,11 @@ def pending_flags(job: Path) -> list[confirm.Flag]:
 
 
 def confirm_job(job: Path, runs: int = DEFAULT_RUNS,
-                log: Callable[[str], None] = lambda m: None,
-                flag_list: Sequence[confirm.Flag] | None = None) -> list[confirm.Confirmation]:
+                log: Callable[[str], None] = lambda m: None) -> list[confirm.Confirmation]:
     """Re-run ``job``'s flags (A and B interleaved) in a new avocado job and
     write ``<job>/bgsnap-ab-confirm.json``; [] when there is nothing to
     confirm.  Raises :class:`confirm.ConfirmError` when the re-run made no job."""
-    flag_list = pending_flags(job) if flag_list is None else list(flag_list)
+    flag_list = pending_flags(job)
     if not flag_list:
         return []
     refs = confirm.plan(flag_list, runs)
