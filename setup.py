@@ -55,6 +55,7 @@ setup(
         "avocado.plugins.result": [
             "bgsnap-report = avocado_bgsnap.report.result_plugin:BgsnapReportResult"],
         "avocado.plugins.job.prepost": [
-            "bgsnap-leftovers = avocado_bgsnap.leftovers:BgsnapLeftovers"],
+            "bgsnap-leftovers = avocado_bgsnap.leftovers:BgsnapLeftovers",
+            "bgsnap-runner = avocado_bgsnap.plugin:BgsnapRunner"],
     },
 )

@@ -7,7 +7,7 @@
 Plugins only bind settings and dispatch; the work is in commands.py.
 """
 
-from avocado.core.plugin_interfaces import CLICmd, Init
+from avocado.core.plugin_interfaces import CLICmd, Init, JobPre
 from avocado.core.settings import settings
 
 SECTION = "bgsnap"
@@ -133,6 +133,16 @@ class BgsnapInit(Init):
         for key, key_type, default, help_msg, _ in OPTIONS:
             settings.register_option(SECTION, key=key, key_type=key_type,
                                      default=default, help_msg=help_msg)
+
+
+class BgsnapRunner(JobPre):
+    name = "bgsnap-runner"
+    description = "avocado-bgsnap: avocado-vt's runner known without starting it (vt_compat 13)"
+
+    def pre(self, job):  # pylint: disable=W0613 - the registry is per process
+        from . import vt_compat
+
+        vt_compat.known_vt_runner()
 
 
 class Bgsnap(CLICmd):

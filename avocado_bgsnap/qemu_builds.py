@@ -144,6 +144,17 @@ def load_builds(path: Path | None = None) -> list[QemuBuild]:
         raise QemuBuildError(f"{path} is not a qemu-builds manifest: {exc}") from exc
 
 
+def system_only(ref: str, path: Path | None = None) -> str:
+    """With side-by-side builds registered a test name selects it on every
+    build (``system.X``, ``qemu10_0_2.X``): ``ref`` on the system QEMU only,
+    unless it already names a build."""
+    builds = load_builds(path)
+    names = {SYSTEM, *(b.name for b in builds)}
+    if not builds or ref.split(".", 1)[0] in names:
+        return ref
+    return f"{SYSTEM}.{ref}"
+
+
 def save_builds(builds: list[QemuBuild], path: Path | None = None) -> Path:
     """Write the manifest atomically (temp file in the same dir, then rename)."""
     path = path or manifest_path()

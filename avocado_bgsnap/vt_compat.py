@@ -210,6 +210,8 @@ def guarded(run):
 
     from . import guardian
 
+    no_sniffer_without_nics()                       # workaround 15: before preprocess
+
     @functools.wraps(run)
     def wrapper(test, params, env):
         marker = uuid.uuid4().hex
@@ -236,6 +238,7 @@ def guarded(run):
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         os.close(read_end)
         quick_vm_start()                            # workaround 12
+        memoized_qemu_probes()                      # workaround 14
         remote_dir = remote_output_dir(test)        # workaround 10
         if remote_dir:
             clear_remote_output(remote_dir, before=started_at(runner_pid))
@@ -479,3 +482,125 @@ def quick_vm_start(qemu_vm=None) -> None:
 
     create.bgsnap_quick = True
     qemu_vm.VM.create = create
+
+
+# --- 13. A second avocado start before the first test ---------------------------------
+# Before a job's first test, avocado's nrunner asks each runner what it can run
+# by starting it: 'avocado-runner-avocado-vt capabilities' is a new Python that
+# imports avocado and avocado-vt to print one line (avocado/core/nrunner/
+# runnable.py, pick_runner_command).  Measured: 1.0-1.3 s of every job, a
+# twentieth of a 1 GiB test (docs/benchmarks.md, "What the suite costs").  The
+# line is avocado-vt's RunnerApp.get_capabilities(), which the job's own process
+# can ask without a new Python; known_vt_runner() puts the answer where the
+# probe would have (nrunner's registry and the configuration it passes the
+# runner) before the suite runs (job pre hook, plugin.BgsnapRunner).  Only when
+# the executable is on PATH: otherwise nrunner's own fallback decides.  Remove
+# when avocado keeps runner capabilities across its processes.
+VT_RUNNER_KIND = "avocado-vt"
+
+
+def known_vt_runner(registry: dict | None = None, config_used: dict | None = None) -> bool:
+    """Register avocado-vt's runner command and capabilities in-process;
+    ``registry``/``config_used`` default to nrunner's own.  True when done."""
+    import shutil
+
+    from avocado.core.nrunner import runnable
+
+    registry = runnable.RUNNERS_REGISTRY_STANDALONE_EXECUTABLE if registry is None else registry
+    config_used = runnable.STANDALONE_EXECUTABLE_CONFIG_USED if config_used is None \
+        else config_used
+    command = [f"avocado-runner-{VT_RUNNER_KIND}"]
+    if registry.get(VT_RUNNER_KIND) is not None or shutil.which(command[0]) is None:
+        return False
+    from avocado_vt.plugins import vt_runner  # avocado-vt import kept local to this workaround
+
+    capabilities = vt_runner.RunnerApp(lambda *_: None).get_capabilities()
+    if VT_RUNNER_KIND not in capabilities.get("runnables", []):
+        return False
+    config_used.setdefault(" ".join(command), capabilities.get("configuration_used", []))
+    registry[VT_RUNNER_KIND] = command
+    return True
+
+
+# --- 14. The same eight QEMU probes for every VM object -------------------------------
+# DevContainer.__init__ (virttest/qemu_devices/qcontainer.py) starts QEMU about
+# eight times to learn what the binary can do (-help, -device ?, -object ?, the
+# machines, HMP and QMP commands, the version, the capabilities), for every VM
+# object: a test's source and its restore ask the same binary the same questions.
+# Measured: 0.4 s per VM object here.  While a DevContainer is built, the
+# 'process' module qcontainer and utils_qemu run those probes with answers each
+# command line once per test process (the binary's path is in it; a test does
+# not replace its QEMU).  Remove when avocado-vt caches the probes.
+_PROBE_ANSWERS: dict[tuple, object] = {}
+
+
+class _MemoProcess:
+    """``avocado.utils.process`` as DevContainer sees it: run() answers a
+    command line it ran before from memory."""
+
+    def __init__(self, module, answers: dict):
+        self._module = module
+        self._answers = answers
+
+    def run(self, cmd, *args, **kwargs):
+        key = (cmd, args, tuple(sorted(kwargs.items())))
+        if key not in self._answers:
+            self._answers[key] = self._module.run(cmd, *args, **kwargs)
+        return self._answers[key]
+
+    def __getattr__(self, name):
+        return getattr(self._module, name)
+
+
+def memoized_qemu_probes(qcontainer=None, utils_qemu=None, answers: dict | None = None) -> None:
+    """Install the wrapper of DevContainer.__init__ (once per process);
+    the modules are virttest's unless a test passes stand-ins."""
+    if qcontainer is None:
+        from virttest import utils_qemu  # avocado-vt imports kept local to this workaround
+        from virttest.qemu_devices import qcontainer
+    answers = _PROBE_ANSWERS if answers is None else answers
+    original = qcontainer.DevContainer.__init__
+    if getattr(original, "bgsnap_memo", False):
+        return
+    modules = (qcontainer, utils_qemu)
+
+    @functools.wraps(original)
+    def init(self, *args, **kwargs):
+        real = [m.process for m in modules]
+        for module, process in zip(modules, real):
+            module.process = _MemoProcess(process, answers)
+        try:
+            return original(self, *args, **kwargs)
+        finally:
+            for module, process in zip(modules, real):
+                module.process = process
+
+    init.bgsnap_memo = True
+    qcontainer.DevContainer.__init__ = init
+
+
+# --- 15. An IP sniffer for guests without a NIC -----------------------------------------
+# env_process.preprocess() starts tcpdump in every test (IPSniffer, virttest/
+# test_setup/networking.py) to learn guests' addresses from their DHCP, whatever
+# run_tcpdump says, and aexpect.run_tail() waits 1 s for it to start: measured
+# 1.1 s of each test's preprocess, and the sniffer's stop in postprocess.  A test
+# whose VMs have no NIC ('nics =', the default guests) has no address to learn,
+# so the sniffer is not started for it; with a NIC avocado-vt's behaviour is
+# unchanged.  Installed when a test module's run() is decorated (guarded()),
+# which is before preprocess.  Remove when avocado-vt honours run_tcpdump.
+def no_sniffer_without_nics(utils_env=None) -> None:
+    if utils_env is None:
+        from virttest import utils_env  # avocado-vt import kept local to this workaround
+    original = utils_env.Env.start_ip_sniffing
+    if getattr(original, "bgsnap_nics_only", False):
+        return
+
+    @functools.wraps(original)
+    def start_ip_sniffing(self, params):
+        vms = params.objects("vms")
+        if not any(params.object_params(vm).objects("nics") for vm in vms):
+            return None
+        return original(self, params)
+
+    start_ip_sniffing.bgsnap_nics_only = True
+    utils_env.Env.start_ip_sniffing = start_ip_sniffing

@@ -32,6 +32,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from qemu.qmp.legacy import QEMUMonitorProtocol
 
@@ -251,10 +252,12 @@ def _wait_path(path: str, proc: subprocess.Popen, timeout: float = CONNECT_TIMEO
         time.sleep(0.01)
 
 
-def run_cycle(plan: RawPlan) -> dict[str, float]:
+def run_cycle(plan: RawPlan, after_save: Callable[[Path], None] | None = None) -> dict[str, float]:
     """One raw cycle; the seconds of each phase and ``total`` (wall, from
     this call to both QEMUs gone).  Raises :class:`RawError` on a step that
-    did not work, with both QEMUs stopped and the work folder removed."""
+    did not work, with both QEMUs stopped and the work folder removed.
+    ``after_save(work)`` runs between the save and the restore, with the
+    folder that holds the image (the negative control damages it)."""
     started = time.monotonic()
     phases: dict[str, float] = {}
     work = tempfile.mkdtemp(prefix="bgsnap-raw-")
@@ -286,6 +289,9 @@ def run_cycle(plan: RawPlan) -> dict[str, float]:
         t = lap("snapshot", t)
         source.stop()  # as the repro script: the restore gets the host's memory
         t = lap("cleanup", t)
+        if after_save is not None:
+            after_save(Path(work))
+            t = time.monotonic()
         restore.start()
         restore.wait_loaded(plan.save_timeout_s)
         t = lap("restore", t)

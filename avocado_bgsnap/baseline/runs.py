@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from .. import paths
+from .. import paths, qemu_builds
 from ..metrics import METRICS_FILE
 from . import compare, raw
 
@@ -75,6 +75,7 @@ def measure(test: str, runs: int, log: Callable[[str], None],
             results: Path | None = None) -> Baseline:
     if runs < 1:
         raise RunError(f"--runs must be at least 1, got {runs}")
+    test = qemu_builds.system_only(test)  # one test, even with side-by-side builds
     suite, raw_runs, plan, last_dir = [], [], None, None
     for side in order(runs):
         if side == "suite":

@@ -52,7 +52,7 @@ def system_only(ref: str) -> str:
     test name selects it on every build: keep these tests on the system one."""
     from avocado_bgsnap import qemu_builds
 
-    return f"system.{ref}" if qemu_builds.load_builds() else ref
+    return qemu_builds.system_only(ref)
 
 
 def run_job_proc(tmp_path, *refs, extra=(), during: Callable[[Path], None] | None = None,

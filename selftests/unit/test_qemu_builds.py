@@ -48,6 +48,14 @@ def test_re_adding_replaces_and_name_clash_is_refused(home):
         qemu_builds.add_build(a_build(binary="/elsewhere/qemu-system-x86_64"))
 
 
+def test_system_only_selects_one_test_when_builds_exist(home):
+    assert qemu_builds.system_only("bgsnap.basic.1g") == "bgsnap.basic.1g"  # no builds
+    qemu_builds.add_build(a_build())
+    assert qemu_builds.system_only("bgsnap.basic.1g") == "system.bgsnap.basic.1g"
+    assert qemu_builds.system_only("system.bgsnap.basic.1g") == "system.bgsnap.basic.1g"
+    assert qemu_builds.system_only("qemu10_0_2.bgsnap.basic.1g") == "qemu10_0_2.bgsnap.basic.1g"
+
+
 def test_remove(home):
     qemu_builds.add_build(a_build())
     qemu_builds.add_build(a_build(name="mine", binary="/b/qemu-system-x86_64"))
