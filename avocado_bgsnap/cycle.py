@@ -187,8 +187,7 @@ class SnapshotCycle:
         qmp = SnapshotQMP(self.vm.monitor, self.log)
         ctx = SaveContext(self.vm, qmp, self.log, self.workload)
         self.during.before_trigger(ctx)
-        self.steps_before = self.workload.committed()
-        self.workload.mark(WINDOW_DURING)
+        self.steps_before = self.workload.mark_committed(WINDOW_DURING)
         self.record.set("rss_before_kib", rss_kib(self.vm.get_pid()))
         # what backs the guest RAM now (THP in use, shmem, hugetlb)
         self.record.set("qemu_memory_before", process_memory(self.vm.get_pid()).to_dict())
@@ -200,8 +199,7 @@ class SnapshotCycle:
         if self.during:
             self.during.settle(ctx)
             self.record.set("during_save", self.during.records)
-        self.steps_completed = self.workload.committed()
-        self.workload.mark(WINDOW_AFTER)
+        self.steps_completed = self.workload.mark_committed(WINDOW_AFTER)
         self.record_result(result)
         return result
 
@@ -443,8 +441,8 @@ class SnapshotCycle:
 
     def _login_restored(self, clone):
         try:
-            return vt_compat.serial_login(clone, self.cfg.login.restored_timeout_s,
-                                          self.cfg.login.attempt_s)
+            return vt_compat.restored_login(clone, self.cfg.login.restored_timeout_s,
+                                            self.cfg.login.attempt_s)
         except remote.LoginError as exc:
             raise GuestWedged(f"the restored guest does not answer on its console within "
                               f"{self.cfg.login.restored_timeout_s:.0f}s (run state "

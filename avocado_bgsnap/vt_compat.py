@@ -153,6 +153,38 @@ def _console_login(vm, timeout: float):
     return vt_console.ConsoleSession(manager)
 
 
+# A restored guest was logged in when it was saved: a newline brings its shell
+# prompt back, and nothing else will come.  handle_prompts() still reads until
+# the console has been quiet for 0.5 s before it looks (aexpect's
+# internal_timeout), measured 0.5 s of each restored login; restored_login()
+# looks for the shell prompt after 0.05 s of quiet and falls back to
+# serial_login() for anything else (a login prompt: the shell had exited).
+RESTORED_QUIET_S = 0.05
+
+
+def restored_login(vm, timeout: float, attempt_s: float = 2.0):
+    import codecs
+
+    import aexpect
+    from virttest import vt_console
+
+    manager = getattr(vm, "console_manager", None)
+    console = getattr(manager, "_console", None)
+    if console is None or not hasattr(vt_console, "ConsoleSession"):
+        return serial_login(vm, timeout, attempt_s)
+    params = vm.params
+    console.set_linesep(codecs.decode(params.get("shell_linesep", r"\n"), "unicode_escape"))
+    console.set_status_test_command(params.get("status_test_command", ""))
+    vm.serial_console.sendline("")
+    try:
+        console.read_until_last_line_matches([params.get("shell_prompt", r"[\#\$]\s*$")],
+                                             timeout=attempt_s,
+                                             internal_timeout=RESTORED_QUIET_S)
+    except aexpect.ExpectError:
+        return serial_login(vm, timeout, attempt_s)
+    return vt_console.ConsoleSession(manager)
+
+
 # --- 6. destroy() hangs on a wedged QEMU ------------------------------------------------
 # VM.destroy() sends QMP 'quit' and waits for QEMU to go without a bound.
 # QEMU 7.2 wedges when a background snapshot fails mid-stream (seen: the

@@ -107,6 +107,11 @@ class GuestWorkload:
     def mark(self, window: int, timeout: float | None = None) -> dict:
         return self._ctl("mark", window, timeout=timeout)
 
+    def mark_committed(self, window: int, timeout: float | None = None) -> list[int]:
+        """Start throughput window ``window``; the steps committed at that
+        moment (one console round trip for what status + mark told)."""
+        return [int(s) for s in self.mark(window, timeout)["committed"]]
+
     def freeze(self) -> list[int]:
         return [int(s) for s in self._ctl("freeze")["committed"]]
 

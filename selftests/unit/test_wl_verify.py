@@ -780,7 +780,10 @@ def test_live_server_round_trip(wl, server, tmp_path):
     assert st["steps_total"] > 0 and st["mib_per_s"] > 0
     w0 = st["windows"][0]
     assert w0["count"] > 0 and 0 < w0["p50_ns"] <= w0["p99_ns"] <= w0["max_ns"]
-    assert srv.ok("mark", "1")["window"] == 1
+    before = srv.ok("status")["committed"]
+    marked = srv.ok("mark", "1")  # the cycle's lower bound of the image's steps
+    assert marked["window"] == 1 and len(marked["committed"]) == 2
+    assert all(int(m) >= int(b) for m, b in zip(marked["committed"], before))
     time.sleep(0.1)
     st = srv.ok("status")
     assert st["window"] == 1 and st["windows"][1]["count"] > 0
