@@ -374,14 +374,25 @@ def plot_ab(comparison: ABComparison, figure_def: Figure, path: Path) -> Plot | 
                    f"runs': not enough runs on a side for a verdict.", title_size=12)
 
 
+def _over_ram(series: Sequence[collect.Series]) -> bool:
+    sizes: dict[tuple[str, str], set[int]] = {}
+    for s in series:
+        sizes.setdefault((s.qemu_build, s.mode), set()).add(s.guest_mem_mib)
+    return any(len(found) >= 2 for found in sizes.values())
+
+
 def plot_all(series: Sequence[collect.Series], comparisons: Sequence[ABComparison],
              outdir: Path) -> list[Plot]:
-    """Every plot the data allows, in reading order."""
+    """Every plot the data allows, in reading order.  The lines against
+    guest RAM need two sizes of one build and mode: for one size they would
+    be a dot each, what the summary's table already says (and they were
+    half of a one-test job's report time, 0.45 of 0.9 s)."""
+    over_ram = _over_ram(series)
     makers: list[Callable[[], Plot | None]] = [
-        lambda: plot_pause(series, outdir),
-        lambda: plot_total(series, outdir),
+        lambda: plot_pause(series, outdir) if over_ram else None,
+        lambda: plot_total(series, outdir) if over_ram else None,
         lambda: plot_throughput(series, outdir),
-        lambda: plot_downtime_vs_pause(series, outdir),
+        lambda: plot_downtime_vs_pause(series, outdir) if over_ram else None,
         lambda: plot_time_split(series, outdir),
     ]
     for i, comparison in enumerate(comparisons, 1):

@@ -58,7 +58,17 @@ def test_no_pyplot_and_no_display_needed(tmp_path):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
                           timeout=120, check=False)
     assert done.returncode == 0, done.stderr
-    assert (tmp_path / "bgsnap-report" / "pause_vs_ram.png").read_bytes()[:8] == PNG_SIGNATURE
+    assert (tmp_path / "bgsnap-report" / "time_split.png").read_bytes()[:8] == PNG_SIGNATURE
+
+
+def test_lines_against_guest_ram_need_two_sizes(tmp_path):
+    points = collect.load_points([make_job(tmp_path, "job-1", scale_tests(reps=2, sizes=(256,)))])
+    made = {p.filename for p in plots.plot_all(collect.group_series(points), [], tmp_path)}
+    assert made == {"throughput.png", "time_split.png"}
+    points = collect.load_points([make_job(tmp_path, "job-2", scale_tests(reps=1,
+                                                                         sizes=(256, 1024)))])
+    made = {p.filename for p in plots.plot_all(collect.group_series(points), [], tmp_path)}
+    assert {"pause_vs_ram.png", "total_vs_ram.png", "downtime_vs_pause.png"} <= made
 
 
 def test_plots_without_data_are_skipped(tmp_path):
