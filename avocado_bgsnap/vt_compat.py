@@ -445,8 +445,14 @@ def close_remote_sessions() -> int:
 # 4 s of a 1 GiB test's 29 s (docs/benchmarks.md, "What the suite costs").
 # Both wait for something that can be watched, so while create() runs:
 # * run_tail() waits 0.1 s for a booting QEMU: one that exits later is still
-#   caught, as no monitor connects and avocado-vt raises VMCreateError; a
-#   restoring QEMU keeps the 1 s (see create());
+#   caught, as no monitor connects and avocado-vt raises VMCreateError;
+# * a restoring QEMU (-incoming exec:) keeps the 1 s unless its stream is seen
+#   flowing first (restore_run_tail()): one that refuses its image's header or
+#   RAM layout exits within the 1 s, and only then does avocado-vt's error keep
+#   QEMU's reason (measured with 0.1 s: a wrong RAM size was refused after
+#   60 s of monitor retries, avocado-vt's loop does not look at the process);
+#   one whose stream reader (cat, a decompressor) has read 1 MiB got past
+#   both, and what fails later fails over QMP, with QEMU's words;
 # * the sleep waits, bounded by its own 1 s, until each serial console's
 #   socket is connected (QEMU's end in /proc/net/unix, state 03).
 # Only the names qemu_vm looks up ('aexpect', 'time') are wrapped, for the
@@ -464,6 +470,60 @@ class _QuickStart:
 
     def __getattr__(self, name):
         return getattr(self._module, name)
+
+
+STREAM_FLOWING_BYTES = 1 << 20
+
+
+def _descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def stream_flowing(pid: int, threshold: int = STREAM_FLOWING_BYTES) -> bool:
+    """True when a process under ``pid`` other than QEMU itself (the
+    incoming stream's reader) has read ``threshold`` bytes: QEMU took in
+    what its pipe could not hold."""
+    for child in _descendants(pid):
+        try:
+            if Path(f"/proc/{child}/comm").read_text().startswith("qemu"):
+                continue  # QEMU's own reads are its firmware, kernel and initrd
+            io = Path(f"/proc/{child}/io").read_text()
+        except OSError:
+            continue
+        rchar = next((int(line.split()[1]) for line in io.splitlines()
+                      if line.startswith("rchar:")), 0)
+        if rchar >= threshold:
+            return True
+    return False
+
+
+def restore_run_tail(run_tail, *args, **kwargs):
+    """``run_tail`` for a restoring QEMU: its wait (default 1 s) ends early
+    once the process exited or its stream flows (:func:`stream_flowing`)."""
+    if len(args) >= 5:  # run_tail(command, termination_func, output_func, prefix, timeout)
+        wait, args = args[4], (*args[:4], 0, *args[5:])
+    else:
+        wait = kwargs.pop("timeout", 1.0)
+        kwargs["timeout"] = 0
+    process = run_tail(*args, **kwargs)
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline and process.is_alive():
+        if stream_flowing(process.get_pid()):
+            break
+        time.sleep(0.02)
+    return process
 
 
 def _serials_connected(vm) -> bool:
@@ -494,11 +554,11 @@ def quick_vm_start(qemu_vm=None) -> None:
 
     @functools.wraps(original)
     def create(self, *args, **kwargs):
-        # a restoring QEMU (migration_mode) keeps run_tail's 1 s: one that
-        # cannot read its image exits within it, and avocado-vt then raises
-        # VMCreateError with QEMU's own words (measured: after 0.1 s the
-        # restore still failed, but its reason was lost)
-        run_tail = real_aexpect.run_tail if kwargs.get("migration_mode") else quick_run_tail
+        if kwargs.get("migration_mode"):
+            def run_tail(*a, **k):
+                return restore_run_tail(real_aexpect.run_tail, *a, **k)
+        else:
+            run_tail = quick_run_tail
 
         def sleep(seconds):
             deadline = time.monotonic() + seconds

@@ -29,6 +29,7 @@ def suite_phases(record: dict, test_s: float, wall_s: float) -> dict[str, float]
     out = {"boot": float(record.get("boot_s") or 0) + float(record.get("login_s") or 0)}
     for name in ("fill", "snapshot", "source_check", "restore", "guest_verify", "cleanup"):
         out[name] = float(phase_s.get(name, 0.0))
+    out["cleanup"] += float(phase_s.get("retire_source", 0.0))  # the source's quit
     out["host_verify"] = float(phase_s.get("host_verify", 0.0)) + float(phase_s.get("dump", 0.0))
     out["other"] = max(0.0, test_s - sum(out.values()))
     out["avocado"] = max(0.0, wall_s - test_s)

@@ -104,6 +104,7 @@ def _run_cycle(test, params, env, cfg, facts, memory, host_events):
             cycle.damage_snapshot()
         elif cfg.negative_control == "late_image":
             cycle.take_late_image()
+        cycle.retire_source()  # nothing below needs it
         error_context.context("Restore and verify", test.log.info)
         cycle.restore_and_verify()
         failure = cycle.verdict()

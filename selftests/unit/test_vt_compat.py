@@ -300,3 +300,56 @@ def test_no_ip_sniffer_for_vms_without_nics():
     Env().start_ip_sniffing(utils_params.Params({"vms": "vm1", "nics": "nic1"}))
     Env().start_ip_sniffing(utils_params.Params({"vms": "vm1 vm2", "nics_vm2": "nic1"}))
     assert started == ["vm1", "vm1 vm2"]
+
+
+def test_a_restores_stream_is_seen_flowing_only_once_qemu_takes_it_in(tmp_path):
+    """Workaround 12, restoring QEMU: the stream's reader under the process
+    counts once it read 1 MiB, which a reader whose pipe nobody drains
+    cannot (a QEMU that refused the header); QEMU's own reads never count."""
+    import subprocess
+    import time
+
+    image = tmp_path / "image"
+    image.write_bytes(b"\0" * (4 << 20))
+    # cat reads the image, then waits on its stdin: alive, as a restore's reader is
+    drained = subprocess.Popen(["sh", "-c", f"cat {image} - > /dev/null"],
+                               stdin=subprocess.PIPE)
+    stuck = subprocess.Popen(["sh", "-c", f"cat {image} | sleep 5"])
+    try:
+        deadline = time.monotonic() + 5
+        while not vt_compat.stream_flowing(drained.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert vt_compat.stream_flowing(drained.pid)
+        time.sleep(0.3)  # the stuck cat filled its pipe long ago
+        assert not vt_compat.stream_flowing(stuck.pid)
+    finally:
+        for proc in (drained, stuck):
+            proc.kill()
+            proc.wait()
+
+
+def test_restore_run_tail_returns_when_the_stream_flows_or_the_process_ends(monkeypatch):
+    import time
+    import types
+
+    calls = []
+
+    def run_tail(*args, **kwargs):
+        calls.append((args, kwargs))
+        return types.SimpleNamespace(is_alive=lambda: alive[0], get_pid=lambda: 1)
+
+    alive = [True]
+    monkeypatch.setattr(vt_compat, "stream_flowing", lambda pid: True)
+    started = time.monotonic()
+    vt_compat.restore_run_tail(run_tail, "qemu", None, None, "[qemu output] ", auto_close=False)
+    assert time.monotonic() - started < 0.5
+    assert calls[-1] == (("qemu", None, None, "[qemu output] "), {"auto_close": False,
+                                                                   "timeout": 0})
+    monkeypatch.setattr(vt_compat, "stream_flowing", lambda pid: False)
+    started = time.monotonic()
+    vt_compat.restore_run_tail(run_tail, "qemu", None, None, "", 0.3)  # positional wait
+    assert 0.3 <= time.monotonic() - started < 0.8 and calls[-1][0][4] == 0
+    alive[0] = False  # exited: no wait at all
+    started = time.monotonic()
+    vt_compat.restore_run_tail(run_tail, "qemu", None, None, "")
+    assert time.monotonic() - started < 0.2
