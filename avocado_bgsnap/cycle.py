@@ -99,7 +99,11 @@ class SnapshotCycle:
         if login.prompt:
             self._wait_login_prompt(login, boot_started)
             prompt_at = time.monotonic()
-        self.session = vt_compat.serial_login(self.vm, login.timeout_s, login.attempt_s)
+        if login.ready_marker and not login.prompt:
+            self.session = vt_compat.marked_login(self.vm, login.ready_marker, login.timeout_s,
+                                                  login.attempt_s)
+        else:
+            self.session = vt_compat.serial_login(self.vm, login.timeout_s, login.attempt_s)
         shell_at = time.monotonic()
         self.record.set("guest", login.guest)
         self.record.set("boot_s", round((prompt_at or shell_at) - boot_started, 3))

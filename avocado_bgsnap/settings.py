@@ -16,6 +16,7 @@ from . import transport as transports
 from .during import faults
 from .during import host_mm as mm_actions
 from .during.devices import BalloonSettings, VirtioMemSettings
+from .guest.build import GUEST_READY_MARKER
 from .memory import config as memory_config
 from .memory.config import MemoryConfig
 from .wlproto import MAX_MIB, MAX_WRITERS, PATTERNS, WorkloadSpec
@@ -57,6 +58,7 @@ class GuestLogin:
     timeout_s: float = 120           # bgsnap_login_timeout: boot + login
     restored_timeout_s: float = 30   # bgsnap_restored_login_timeout
     attempt_s: float = 2             # one login attempt (longer with a login prompt)
+    ready_marker: str = GUEST_READY_MARKER  # printed right before the shell ("" for others)
 
 
 @dataclass(frozen=True)
@@ -356,14 +358,16 @@ def login_from_params(params) -> GuestLogin:
     except re.error as exc:
         raise SettingsError(f"bgsnap_login_prompt = {prompt!r}: not a regular expression "
                             f"({exc})") from None
+    guest = params.get("bgsnap_guest", "busybox")
     return GuestLogin(
-        guest=params.get("bgsnap_guest", "busybox"),
+        guest=guest,
         prompt=prompt,
         timeout_s=_seconds(params, "bgsnap_login_timeout", 120),
         restored_timeout_s=_seconds(params, "bgsnap_restored_login_timeout", 30),
         # avocado-vt's console login waits its whole attempt before it reads
         # (vt_compat 5): short attempts, a few more for the password prompt
-        attempt_s=4.0 if prompt else 2.0)
+        attempt_s=4.0 if prompt else 2.0,
+        ready_marker=GUEST_READY_MARKER if guest == "busybox" and not prompt else "")
 
 
 def fault_from_params(params) -> "faults.FaultSettings":

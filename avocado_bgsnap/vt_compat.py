@@ -185,6 +185,46 @@ def restored_login(vm, timeout: float, attempt_s: float = 2.0):
     return vt_console.ConsoleSession(manager)
 
 
+# The same 0.5 s at boot, for a guest whose init prints a marker on its
+# console right before it starts the shell (the embedded guest:
+# guest/init.sh): marked_login() waits for the marker, then for the shell
+# prompt after 0.05 s of quiet.  An init that says it is not ready, no marker
+# within the timeout, or no prompt after it: serial_login() as before.
+MARKER_NOT_READY = "bgsnap-init: ERROR"
+
+
+def marked_login(vm, marker: str, timeout: float, attempt_s: float = 2.0):
+    import codecs
+    import re
+
+    import aexpect
+    from virttest import vt_console
+
+    manager = getattr(vm, "console_manager", None)
+    console = getattr(manager, "_console", None)
+    if console is None or not hasattr(vt_console, "ConsoleSession"):
+        return serial_login(vm, timeout, attempt_s)
+    params = vm.params
+    prompt = params.get("shell_prompt", r"[\#\$]\s*$")
+    console.set_linesep(codecs.decode(params.get("shell_linesep", r"\n"), "unicode_escape"))
+    console.set_status_test_command(params.get("status_test_command", ""))
+    started = time.monotonic()
+    try:
+        found, text = console.read_until_output_matches(
+            [re.escape(marker), re.escape(MARKER_NOT_READY)], timeout=timeout,
+            internal_timeout=RESTORED_QUIET_S)
+        if found == 0:
+            after = text[text.find(marker) + len(marker):]
+            last = after.rstrip("\r\n").splitlines()[-1:] or [""]
+            if not re.search(prompt, last[0]):  # not in what was read with the marker
+                console.read_until_last_line_matches([prompt], timeout=attempt_s,
+                                                     internal_timeout=RESTORED_QUIET_S)
+            return vt_console.ConsoleSession(manager)
+    except aexpect.ExpectError:
+        pass
+    return serial_login(vm, max(attempt_s, timeout - (time.monotonic() - started)), attempt_s)
+
+
 # --- 6. destroy() hangs on a wedged QEMU ------------------------------------------------
 # VM.destroy() sends QMP 'quit' and waits for QEMU to go without a bound.
 # QEMU 7.2 wedges when a background snapshot fails mid-stream (seen: the
@@ -621,9 +661,71 @@ def known_vt_runner(registry: dict | None = None, config_used: dict | None = Non
 # object: a test's source and its restore ask the same binary the same questions.
 # Measured: 0.4 s per VM object here.  While a DevContainer is built, the
 # 'process' module qcontainer and utils_qemu run those probes with answers each
-# command line once per test process (the binary's path is in it; a test does
-# not replace its QEMU).  Remove when avocado-vt caches the probes.
+# command line once, and keeps the answers in BGSNAP_HOME/state/qemu-probes.json
+# for the next test, under the binary's fingerprint: the wrapper's and the real
+# QEMU's path, mtime and size (an upgraded or re-added QEMU is a new entry).
+# Remove when avocado-vt caches the probes.
 _PROBE_ANSWERS: dict[tuple, object] = {}
+PROBE_STORE = "qemu-probes.json"
+
+
+def _fingerprint(binary: str) -> str | None:
+    parts = []
+    for path in dict.fromkeys((binary, real_qemu_binary(binary))):
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None
+        parts.append(f"{os.path.abspath(path)}:{st.st_mtime_ns}:{st.st_size}")
+    return "|".join(parts)
+
+
+def _probe_key(key: tuple) -> str:
+    return repr(key)
+
+
+def load_probe_answers(store: Path, fingerprint: str) -> dict:
+    """The stored answers of one binary (``{}``: none, or an unreadable store)."""
+    import base64
+    import json
+
+    from avocado.utils import process
+
+    try:
+        entries = json.loads(store.read_text()).get(fingerprint, {})
+        return {key: process.CmdResult(a["command"], base64.b64decode(a["stdout"]),
+                                       base64.b64decode(a["stderr"]), a["exit_status"],
+                                       a.get("duration", 0))
+                for key, a in entries.items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return {}
+
+
+def save_probe_answers(store: Path, fingerprint: str, answers: dict) -> None:
+    """Write one binary's answers into the store, atomically (temp + rename)."""
+    import base64
+    import json
+    import tempfile
+
+    try:
+        data = json.loads(store.read_text())
+    except (OSError, ValueError):
+        data = {}
+    data[fingerprint] = {
+        key: {"command": r.command, "exit_status": r.exit_status, "duration": r.duration,
+              "stdout": base64.b64encode(r.stdout).decode(),
+              "stderr": base64.b64encode(r.stderr).decode()}
+        for key, r in answers.items()}
+    store.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=store.parent, prefix=store.name + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            json.dump(data, handle)
+        os.replace(tmp, store)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 class _MemoProcess:
@@ -635,7 +737,7 @@ class _MemoProcess:
         self._answers = answers
 
     def run(self, cmd, *args, **kwargs):
-        key = (cmd, args, tuple(sorted(kwargs.items())))
+        key = _probe_key((cmd, args, tuple(sorted(kwargs.items()))))
         if key not in self._answers:
             self._answers[key] = self._module.run(cmd, *args, **kwargs)
         return self._answers[key]
@@ -644,28 +746,47 @@ class _MemoProcess:
         return getattr(self._module, name)
 
 
-def memoized_qemu_probes(qcontainer=None, utils_qemu=None, answers: dict | None = None) -> None:
-    """Install the wrapper of DevContainer.__init__ (once per process);
-    the modules are virttest's unless a test passes stand-ins."""
+def memoized_qemu_probes(qcontainer=None, utils_qemu=None, answers: dict | None = None,
+                         store: Path | None = None) -> None:
+    """Install the wrapper of DevContainer.__init__ (once per process); the
+    modules are virttest's and ``store`` is ``state/qemu-probes.json`` unless
+    a test passes stand-ins."""
     if qcontainer is None:
         from virttest import utils_qemu  # avocado-vt imports kept local to this workaround
         from virttest.qemu_devices import qcontainer
+    if store is None:
+        from . import paths
+
+        store = paths.state_dir() / PROBE_STORE
     answers = _PROBE_ANSWERS if answers is None else answers
     original = qcontainer.DevContainer.__init__
     if getattr(original, "bgsnap_memo", False):
         return
     modules = (qcontainer, utils_qemu)
+    loaded: set[str] = set()
 
     @functools.wraps(original)
     def init(self, *args, **kwargs):
+        binary = args[0] if args else kwargs.get("qemu_binary", "")
+        fingerprint = _fingerprint(binary) if binary else None
+        if fingerprint and fingerprint not in loaded:
+            loaded.add(fingerprint)
+            for key, result in load_probe_answers(store, fingerprint).items():
+                answers.setdefault(key, result)
+        known = len(answers)
         real = [m.process for m in modules]
         for module, process in zip(modules, real):
             module.process = _MemoProcess(process, answers)
         try:
-            return original(self, *args, **kwargs)
+            result = original(self, *args, **kwargs)
         finally:
             for module, process in zip(modules, real):
                 module.process = process
+        if fingerprint and len(answers) > known:
+            with contextlib.suppress(OSError):
+                mine = {k: v for k, v in answers.items() if binary in k}
+                save_probe_answers(store, fingerprint, mine)
+        return result
 
     init.bgsnap_memo = True
     qcontainer.DevContainer.__init__ = init

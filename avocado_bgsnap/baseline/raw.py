@@ -38,11 +38,12 @@ from qemu.qmp.legacy import QEMUMonitorProtocol
 
 from .. import qmp_trace, repro
 from ..metrics import METRICS_FILE
+from ..guest.build import GUEST_READY_MARKER
 from ..repro_script import fill
 from ..workload import GuestWorkload
 from ..wlproto import WorkloadSpec
 
-READY_MARKER = "BGSNAP-GUEST-" + "READY"
+READY_MARKER = GUEST_READY_MARKER
 FINAL = ("completed", "failed", "cancelled")
 CONNECT_TIMEOUT_S = 30.0
 

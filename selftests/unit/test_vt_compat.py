@@ -223,7 +223,7 @@ def test_the_vt_runner_is_known_as_its_own_capabilities_command_says(monkeypatch
     assert not vt_compat.known_vt_runner({}, {})
 
 
-def test_qemu_probes_are_answered_once_per_command_line_inside_devcontainer_only():
+def test_qemu_probes_are_answered_once_per_command_line_inside_devcontainer_only(tmp_path):
     """Workaround 14, with stand-ins: a second VM object asks the binary
     nothing new; a different command line is run; outside the constructor
     the modules see the real process module again."""
@@ -242,8 +242,8 @@ def test_qemu_probes_are_answered_once_per_command_line_inside_devcontainer_only
     qcontainer = types.SimpleNamespace(DevContainer=DevContainer, process=real)
     utils_qemu = types.SimpleNamespace(process=real)
     answers = {}
-    vt_compat.memoized_qemu_probes(qcontainer, utils_qemu, answers)
-    vt_compat.memoized_qemu_probes(qcontainer, utils_qemu, answers)  # not wrapped twice
+    vt_compat.memoized_qemu_probes(qcontainer, utils_qemu, answers, tmp_path / "store.json")
+    vt_compat.memoized_qemu_probes(qcontainer, utils_qemu, answers, tmp_path / "store.json")
     first, second = DevContainer("/q/a"), DevContainer("/q/a")
     assert (first.help, second.version) == ("out:/q/a -help", "out:/q/a -version")
     assert ran == ["/q/a -help", "/q/a -version"]
@@ -267,17 +267,30 @@ def test_a_real_devcontainer_built_twice_asks_qemu_once(monkeypatch, tmp_path):
         pytest.skip("no qemu-system-x86_64 on this host")
     # the suite's probe wrapper (workaround 2): without it one probe stalls 10 s
     binary = str(vt_compat.write_qemu_wrapper(tmp_path / "qemu", binary, (), {}))
-    monkeypatch.setattr(qcontainer.DevContainer, "__init__", qcontainer.DevContainer.__init__)
+    original_init = qcontainer.DevContainer.__init__
+    monkeypatch.setattr(qcontainer.DevContainer, "__init__", original_init)
     started = []
     real_run = process.run
     monkeypatch.setattr(process, "run", lambda cmd, *a, **k: started.append(cmd)
                         or real_run(cmd, *a, **k))
-    vt_compat.memoized_qemu_probes(qcontainer, utils_qemu, {})
+    store = tmp_path / "qemu-probes.json"
+    vt_compat.memoized_qemu_probes(qcontainer, utils_qemu, {}, store)
     first = qcontainer.DevContainer(binary, "vm1")
     asked = len(started)
     second = qcontainer.DevContainer(binary, "vm2")
     assert asked >= 5 and len(started) == asked
     assert first.get_help_text() == second.get_help_text()
+    # the next test process: the stored answers, QEMU not started at all
+    monkeypatch.setattr(qcontainer.DevContainer, "__init__", original_init)
+    vt_compat.memoized_qemu_probes(qcontainer, utils_qemu, {}, store)
+    third = qcontainer.DevContainer(binary, "vm3")
+    assert len(started) == asked and third.get_help_text() == first.get_help_text()
+    # a changed binary (here: its wrapper rewritten) is another entry: asked again
+    vt_compat.write_qemu_wrapper(Path(binary), shutil.which("qemu-system-x86_64"), ("-L", "/x"), {})
+    monkeypatch.setattr(qcontainer.DevContainer, "__init__", original_init)
+    vt_compat.memoized_qemu_probes(qcontainer, utils_qemu, {}, store)
+    qcontainer.DevContainer(binary, "vm4")
+    assert len(started) > asked
 
 
 def test_no_ip_sniffer_for_vms_without_nics():
@@ -353,3 +366,60 @@ def test_restore_run_tail_returns_when_the_stream_flows_or_the_process_ends(monk
     started = time.monotonic()
     vt_compat.restore_run_tail(run_tail, "qemu", None, None, "")
     assert time.monotonic() - started < 0.2
+
+
+class _Console:
+    """What marked_login() reads: scripted replies of aexpect's two reads."""
+
+    def __init__(self, found, text, prompt_ok=True):
+        self.found, self.text, self.prompt_ok = found, text, prompt_ok
+        self.prompt_reads = 0
+
+    def set_linesep(self, _):
+        pass
+
+    def set_status_test_command(self, _):
+        pass
+
+    def read_until_output_matches(self, patterns, timeout, internal_timeout):
+        assert internal_timeout == vt_compat.RESTORED_QUIET_S
+        if self.found is None:
+            import aexpect
+            raise aexpect.ExpectTimeoutError(patterns, self.text)
+        return self.found, self.text
+
+    def read_until_last_line_matches(self, patterns, timeout, internal_timeout):
+        self.prompt_reads += 1
+        if not self.prompt_ok:
+            import aexpect
+            raise aexpect.ExpectTimeoutError(patterns, "")
+        return 0, "/ # "
+
+
+def _vm(console):
+    import types
+
+    manager = types.SimpleNamespace(_console=console, status_test_command="echo $?")
+    return types.SimpleNamespace(console_manager=manager, params={"shell_prompt": r"[\#\$]\s*$"})
+
+
+def test_marked_login_takes_the_shell_after_the_marker_or_falls_back(monkeypatch):
+    from virttest import vt_console
+
+    fallback = []
+    monkeypatch.setattr(vt_compat, "serial_login",
+                        lambda vm, timeout, attempt: fallback.append(timeout) or "fallback")
+    marker = "BGSNAP-GUEST-READY"
+    # the prompt came in the same read as the marker: no second read
+    console = _Console(0, f"[    1.0] booted\n{marker}\n/ # ")
+    assert isinstance(vt_compat.marked_login(_vm(console), marker, 60), vt_console.ConsoleSession)
+    assert console.prompt_reads == 0 and not fallback
+    # the marker alone: the prompt is read after it ('#1 SMP' before it is no prompt)
+    console = _Console(0, f"Linux version 6.1 #1 SMP\n{marker}\n")
+    assert isinstance(vt_compat.marked_login(_vm(console), marker, 60), vt_console.ConsoleSession)
+    assert console.prompt_reads == 1 and not fallback
+    # the init is not ready, no marker, or no prompt after it: serial_login()
+    for console in (_Console(1, "bgsnap-init: ERROR: not ready"), _Console(None, "booting"),
+                    _Console(0, f"{marker}\n", prompt_ok=False)):
+        assert vt_compat.marked_login(_vm(console), marker, 60) == "fallback"
+    assert len(fallback) == 3 and all(0 < t <= 60 for t in fallback)
