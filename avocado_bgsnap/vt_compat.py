@@ -711,6 +711,9 @@ def save_probe_answers(store: Path, fingerprint: str, answers: dict) -> None:
         data = json.loads(store.read_text())
     except (OSError, ValueError):
         data = {}
+    # a binary gone (a removed build) takes its answers with it
+    data = {fp: entry for fp, entry in data.items()
+            if all(os.path.exists(part.rsplit(":", 2)[0]) for part in fp.split("|"))}
     data[fingerprint] = {
         key: {"command": r.command, "exit_status": r.exit_status, "duration": r.duration,
               "stdout": base64.b64encode(r.stdout).decode(),

@@ -291,6 +291,13 @@ def test_a_real_devcontainer_built_twice_asks_qemu_once(monkeypatch, tmp_path):
     vt_compat.memoized_qemu_probes(qcontainer, utils_qemu, {}, store)
     qcontainer.DevContainer(binary, "vm4")
     assert len(started) > asked
+    # answers of a binary that is gone are dropped at the next save
+    import json
+    data = json.loads(store.read_text())
+    data["/gone/qemu:1:2"] = {}
+    store.write_text(json.dumps(data))
+    vt_compat.save_probe_answers(store, "/gone/other:1:2|" + binary + ":1:2", {})
+    assert not any(fp.startswith("/gone/qemu") for fp in json.loads(store.read_text()))
 
 
 def test_no_ip_sniffer_for_vms_without_nics():
