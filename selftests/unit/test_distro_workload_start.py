@@ -35,6 +35,10 @@ def in_namespace(wl, script: str) -> subprocess.CompletedProcess:
     binary's folder bound at /mnt (the script may hide /tmp); $WL is it."""
     if os.geteuid() != 0 or shutil.which("unshare") is None:
         pytest.skip("needs root and unshare for a private mount namespace")
+    probe = subprocess.run(["unshare", "-m", "--propagation", "private", "true"],
+                           capture_output=True, text=True, timeout=30)
+    if probe.returncode != 0:  # e.g. in a chroot: its root is not a mount point
+        pytest.skip(f"no private mount namespace here: {probe.stderr.strip()}")
     return subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c",
                            f"mount --bind {wl.parent} /mnt || exit 9; WL=/mnt/{wl.name}; "
                            + script], capture_output=True, text=True, timeout=60)
