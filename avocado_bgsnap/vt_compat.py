@@ -136,20 +136,36 @@ def serial_login(vm, timeout: float, attempt_s: float = 2.0):
                 raise
 
 
-def _console_login(vm, timeout: float):
+def _prepared_console(vm):
+    """(console manager, its console) set up as vm.serial_login() sets them
+    up; None for an avocado-vt without the console manager's attributes."""
     import codecs
 
-    from virttest import remote, vt_console
+    from virttest import vt_console
 
     manager = getattr(vm, "console_manager", None)
     console = getattr(manager, "_console", None)
     if console is None or not hasattr(vt_console, "ConsoleSession"):
-        return vm.serial_login(timeout=timeout)
+        return None
     params = vm.params
     console.set_linesep(codecs.decode(params.get("shell_linesep", r"\n"), "unicode_escape"))
     console.set_status_test_command(params.get("status_test_command", ""))
-    remote.handle_prompts(console, params.get("username", ""), params.get("password", ""),
-                          params.get("shell_prompt", r"[\#\$]\s*$"), timeout)
+    return manager, console
+
+
+def _shell_prompt(vm) -> str:
+    return vm.params.get("shell_prompt", r"[\#\$]\s*$")
+
+
+def _console_login(vm, timeout: float):
+    from virttest import remote, vt_console
+
+    prepared = _prepared_console(vm)
+    if prepared is None:
+        return vm.serial_login(timeout=timeout)
+    manager, console = prepared
+    remote.handle_prompts(console, vm.params.get("username", ""), vm.params.get("password", ""),
+                          _shell_prompt(vm), timeout)
     return vt_console.ConsoleSession(manager)
 
 
@@ -163,22 +179,16 @@ RESTORED_QUIET_S = 0.05
 
 
 def restored_login(vm, timeout: float, attempt_s: float = 2.0):
-    import codecs
-
     import aexpect
     from virttest import vt_console
 
-    manager = getattr(vm, "console_manager", None)
-    console = getattr(manager, "_console", None)
-    if console is None or not hasattr(vt_console, "ConsoleSession"):
+    prepared = _prepared_console(vm)
+    if prepared is None:
         return serial_login(vm, timeout, attempt_s)
-    params = vm.params
-    console.set_linesep(codecs.decode(params.get("shell_linesep", r"\n"), "unicode_escape"))
-    console.set_status_test_command(params.get("status_test_command", ""))
+    manager, console = prepared
     vm.serial_console.sendline("")
     try:
-        console.read_until_last_line_matches([params.get("shell_prompt", r"[\#\$]\s*$")],
-                                             timeout=attempt_s,
+        console.read_until_last_line_matches([_shell_prompt(vm)], timeout=attempt_s,
                                              internal_timeout=RESTORED_QUIET_S)
     except aexpect.ExpectError:
         return serial_login(vm, timeout, attempt_s)
@@ -194,20 +204,16 @@ MARKER_NOT_READY = "bgsnap-init: ERROR"
 
 
 def marked_login(vm, marker: str, timeout: float, attempt_s: float = 2.0):
-    import codecs
     import re
 
     import aexpect
     from virttest import vt_console
 
-    manager = getattr(vm, "console_manager", None)
-    console = getattr(manager, "_console", None)
-    if console is None or not hasattr(vt_console, "ConsoleSession"):
+    prepared = _prepared_console(vm)
+    if prepared is None:
         return serial_login(vm, timeout, attempt_s)
-    params = vm.params
-    prompt = params.get("shell_prompt", r"[\#\$]\s*$")
-    console.set_linesep(codecs.decode(params.get("shell_linesep", r"\n"), "unicode_escape"))
-    console.set_status_test_command(params.get("status_test_command", ""))
+    manager, console = prepared
+    prompt = _shell_prompt(vm)
     started = time.monotonic()
     try:
         found, text = console.read_until_output_matches(
@@ -665,7 +671,7 @@ def known_vt_runner(registry: dict | None = None, config_used: dict | None = Non
 # for the next test, under the binary's fingerprint: the wrapper's and the real
 # QEMU's path, mtime and size (an upgraded or re-added QEMU is a new entry).
 # Remove when avocado-vt caches the probes.
-_PROBE_ANSWERS: dict[tuple, object] = {}
+_PROBE_ANSWERS: dict[str, dict[str, object]] = {}  # per binary: command line -> CmdResult
 PROBE_STORE = "qemu-probes.json"
 
 
@@ -766,28 +772,26 @@ def memoized_qemu_probes(qcontainer=None, utils_qemu=None, answers: dict | None 
     if getattr(original, "bgsnap_memo", False):
         return
     modules = (qcontainer, utils_qemu)
-    loaded: set[str] = set()
 
     @functools.wraps(original)
     def init(self, *args, **kwargs):
         binary = args[0] if args else kwargs.get("qemu_binary", "")
         fingerprint = _fingerprint(binary) if binary else None
-        if fingerprint and fingerprint not in loaded:
-            loaded.add(fingerprint)
-            for key, result in load_probe_answers(store, fingerprint).items():
-                answers.setdefault(key, result)
-        known = len(answers)
+        mine = answers.get(fingerprint or binary)
+        if mine is None:  # this binary's first VM object in the process
+            mine = answers[fingerprint or binary] = (
+                load_probe_answers(store, fingerprint) if fingerprint else {})
+        known = len(mine)
         real = [m.process for m in modules]
         for module, process in zip(modules, real):
-            module.process = _MemoProcess(process, answers)
+            module.process = _MemoProcess(process, mine)
         try:
             result = original(self, *args, **kwargs)
         finally:
             for module, process in zip(modules, real):
                 module.process = process
-        if fingerprint and len(answers) > known:
+        if fingerprint and len(mine) > known:
             with contextlib.suppress(OSError):
-                mine = {k: v for k, v in answers.items() if binary in k}
                 save_probe_answers(store, fingerprint, mine)
         return result
 

@@ -37,13 +37,12 @@ from typing import Callable
 from qemu.qmp.legacy import QEMUMonitorProtocol
 
 from .. import qmp_trace, repro
-from ..metrics import METRICS_FILE
 from ..guest.build import GUEST_READY_MARKER
+from ..metrics import METRICS_FILE
 from ..repro_script import fill
 from ..workload import GuestWorkload
 from ..wlproto import WorkloadSpec
 
-READY_MARKER = GUEST_READY_MARKER
 FINAL = ("completed", "failed", "cancelled")
 CONNECT_TIMEOUT_S = 30.0
 
@@ -274,7 +273,7 @@ def run_cycle(plan: RawPlan, after_save: Callable[[Path], None] | None = None) -
         t = time.monotonic()
         source.start()
         source.run("cont")  # the suite's command line has -S
-        if not source.console.wait_for(READY_MARKER, 120):
+        if not source.console.wait_for(GUEST_READY_MARKER, 120):
             raise RawError("the source guest printed no ready marker within 120s")
         t = lap("boot", t)
         workload = GuestWorkload(source.console, plan.workload)
