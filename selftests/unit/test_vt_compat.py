@@ -430,3 +430,22 @@ def test_marked_login_takes_the_shell_after_the_marker_or_falls_back(monkeypatch
                     _Console(0, f"{marker}\n", prompt_ok=False)):
         assert vt_compat.marked_login(_vm(console), marker, 60) == "fallback"
     assert len(fallback) == 3 and all(0 < t <= 60 for t in fallback)
+
+
+def test_restored_login_takes_the_prompt_or_falls_back(monkeypatch):
+    """A restored guest's shell prompt after a newline: its session; no
+    prompt (a login prompt, a silent guest): serial_login()."""
+    import types
+
+    from virttest import vt_console
+
+    fallback = []
+    monkeypatch.setattr(vt_compat, "serial_login",
+                        lambda vm, timeout, attempt: fallback.append(timeout) or "fallback")
+    sent = []
+    for console, expected in ((_Console(0, ""), vt_console.ConsoleSession),
+                              (_Console(0, "", prompt_ok=False), str)):
+        vm = _vm(console)
+        vm.serial_console = types.SimpleNamespace(sendline=sent.append)
+        assert isinstance(vt_compat.restored_login(vm, 30), expected)
+    assert console.prompt_reads == 1 and sent == ["", ""] and fallback == [30]
