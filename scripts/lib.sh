@@ -9,10 +9,11 @@ VENV=$BGSNAP_HOME/venv
 # with static glibc for the workload) and the tools avocado-vt insists on
 # (its bootstrap checks xz tcpdump nc ip arping diff gcc; it runs ps; its serial console
 # is 'nc -U', which needs netcat-openbsd); the Debian guests (docs/guests.md):
-# debootstrap, and e2fsprogs for the images made without mounting.
+# debootstrap, and e2fsprogs for the images made without mounting; the fleet
+# (docs/fleet.md): openssh-client, avocado's remote spawner logs in with ssh.
 DEB_PACKAGES="qemu-system-x86 qemu-utils busybox-static gcc libc6-dev make xz-utils
  tcpdump netcat-openbsd arping iproute2 diffutils procps cpio zstd python3-venv ca-certificates
- debootstrap e2fsprogs"
+ debootstrap e2fsprogs openssh-client"
 
 say() { printf '\033[1m== %s\033[0m\n' "$*"; }
 
