@@ -31,20 +31,15 @@ def wl(tmp_path_factory):
 
 
 def in_namespace(wl, script: str) -> subprocess.CompletedProcess:
-    """Run ``script`` in a private mount namespace (root and unshare), the
-    binary's folder bound at /mnt (the script may hide /tmp); $WL is it."""
-    if os.geteuid() != 0 or shutil.which("unshare") is None:
-        pytest.skip("needs root and unshare for a private mount namespace")
-    probe = subprocess.run(["unshare", "-m", "--propagation", "private", "true"],
-                           capture_output=True, text=True, timeout=30)
-    if probe.returncode != 0:  # e.g. in a chroot: its root is not a mount point
-        pytest.skip(f"no private mount namespace here: {probe.stderr.strip()}")
+    """Run ``script`` in a private mount namespace (the tests ask for the
+    ``private_mounts`` fixture), the binary's folder bound at /mnt (the
+    script may hide /tmp); $WL is it."""
     return subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c",
                            f"mount --bind {wl.parent} /mnt || exit 9; WL=/mnt/{wl.name}; "
                            + script], capture_output=True, text=True, timeout=60)
 
 
-def test_socket_falls_back_to_tmp_when_run_is_read_only(wl):
+def test_socket_falls_back_to_tmp_when_run_is_read_only(wl, private_mounts):
     argv = " ".join(SPEC.run_argv("$WL"))
     proc = in_namespace(wl,
         "mount -t tmpfs -o ro tmpfs /run && mount -t tmpfs tmpfs /tmp || exit 9; "
@@ -55,7 +50,7 @@ def test_socket_falls_back_to_tmp_when_run_is_read_only(wl):
     assert wlproto.parse_reply(proc.stdout)["phase"] in ("filling", "running")
 
 
-def test_no_writable_socket_dir_is_named_not_memory(wl):
+def test_no_writable_socket_dir_is_named_not_memory(wl, private_mounts):
     ro = "; ".join(f"mount -t tmpfs -o ro tmpfs {d}" for d in wlproto.SOCKET_DIRS)
     proc = in_namespace(wl, f"{ro} || exit 9; {' '.join(SPEC.run_argv('$WL'))}")
     assert proc.returncode == 2
@@ -67,7 +62,7 @@ def test_no_writable_socket_dir_is_named_not_memory(wl):
     assert "memory" not in message
 
 
-def test_ctl_without_a_server_names_every_place_it_looked(wl):
+def test_ctl_without_a_server_names_every_place_it_looked(wl, private_mounts):
     proc = in_namespace(wl, "for d in /run /tmp /dev/shm /var/tmp; do mount -t tmpfs tmpfs $d; "
                         "done; $WL ctl status")
     assert proc.returncode == 3
