@@ -128,7 +128,7 @@ def serial_login(vm, timeout: float, attempt_s: float = 2.0):
     while True:
         vm.serial_console.sendline("")
         try:
-            return _console_login(vm, attempt_s)
+            return quick_replies(_console_login(vm, attempt_s), vm)   # workaround 16
         except remote.LoginError:
             if time.monotonic() > deadline:
                 raise
@@ -192,7 +192,7 @@ def restored_login(vm, timeout: float, attempt_s: float = 2.0):
                                              internal_timeout=RESTORED_QUIET_S)
     except aexpect.ExpectError:
         return serial_login(vm, timeout, attempt_s)
-    return vt_console.ConsoleSession(manager)
+    return quick_replies(vt_console.ConsoleSession(manager), vm)   # workaround 16
 
 
 # The same 0.5 s at boot, for a guest whose init prints a marker on its
@@ -225,7 +225,7 @@ def marked_login(vm, marker: str, timeout: float, attempt_s: float = 2.0):
             if not re.search(prompt, last[0]):  # not in what was read with the marker
                 console.read_until_last_line_matches([prompt], timeout=attempt_s,
                                                      internal_timeout=RESTORED_QUIET_S)
-            return vt_console.ConsoleSession(manager)
+            return quick_replies(vt_console.ConsoleSession(manager), vm)   # workaround 16
     except aexpect.ExpectError:
         pass
     return serial_login(vm, max(attempt_s, timeout - (time.monotonic() - started)), attempt_s)
@@ -824,3 +824,75 @@ def no_sniffer_without_nics(utils_env=None) -> None:
 
     start_ip_sniffing.bgsnap_nics_only = True
     utils_env.Env.start_ip_sniffing = start_ip_sniffing
+
+
+# --- 16. Every shell command waits 0.1 s of quiet, and may stop at a '#' ------------------
+# aexpect's ShellSession.cmd_output() reads until the console has been quiet for
+# its internal_timeout (0.1 s unless given), then takes the output as complete
+# when its last non-empty line matches the shell prompt.  Two costs: every
+# command on a guest's serial shell paid 0.1 s after its reply (measured 0.14 s
+# per workload round trip, 13 of them in a basic test, against 0.01 s for the
+# raw baseline's console); and a reply that pauses longer than that quiet right
+# after a '#' or '$' is cut there, because the guests' prompt pattern
+# (^.*[\#\$]\s*$) matches "#" and "#WL#", the start of every workload reply:
+# on a real aexpect shell, ``printf '#'; sleep 0.2; printf 'WL# {}'`` returns ''
+# and the rest lands in the next command's output.  quick_replies() wraps a
+# logged-in session: its cmd_output() looks after REPLY_QUIET_S of quiet and
+# never takes (the start of) a workload reply for the prompt; every other
+# method is the session's own.  Applied by the logins of workaround 5.  Remove
+# when aexpect's reads take a prompt only at the end of a quiet console.
+REPLY_QUIET_S = 0.01
+
+
+class QuickReplies:
+    """A shell session whose ``cmd_output()`` answers REPLY_QUIET_S after
+    the prompt, and not at a ``#`` that starts a workload reply."""
+
+    def __init__(self, session, prompt: str, quiet_s: float = REPLY_QUIET_S):
+        self.session, self.prompt, self.quiet_s = session, prompt, quiet_s
+
+    def __getattr__(self, name):
+        return getattr(self.session, name)
+
+    def cmd_output(self, cmd: str, timeout: float = 60, **kwargs) -> str:
+        import aexpect
+        from aexpect import client
+        from aexpect.client import ShellSession
+
+        if kwargs:  # internal_timeout, print_func, safe, ...: aexpect's own reading
+            return self.session.cmd_output(cmd, timeout, **kwargs)
+        client.LOG.debug("Sending command: %s", cmd)   # the line aexpect's own logs
+        self.session.read_nonblocking(0, timeout)
+        self.session.sendline(cmd)
+        try:
+            _, out = self.session.read_until_output_matches(
+                [self.prompt], prompt_candidate, timeout, self.quiet_s)
+        except aexpect.ExpectTimeoutError as exc:
+            raise aexpect.ShellTimeoutError(
+                cmd, ShellSession.remove_command_echo(exc.output, cmd)) from exc
+        except aexpect.ExpectProcessTerminatedError as exc:
+            raise aexpect.ShellProcessTerminatedError(
+                cmd, exc.status, ShellSession.remove_command_echo(exc.output, cmd)) from exc
+        except aexpect.ExpectError as exc:
+            raise aexpect.ShellError(cmd, ShellSession.remove_command_echo(exc.output, cmd)) from exc
+        return ShellSession.remove_last_nonempty_line(ShellSession.remove_command_echo(out, cmd))
+
+
+def prompt_candidate(text: str) -> str:
+    """The last non-empty line of ``text``, or '' when it is (the start
+    of) a workload reply line: that is never the shell's prompt."""
+    from .wlproto import REPLY_PREFIX
+
+    lines = [line for line in text.splitlines() if line.strip()]
+    last = lines[-1] if lines else ""
+    head = last.lstrip()
+    if head.startswith(REPLY_PREFIX) or REPLY_PREFIX.startswith(head):
+        return ""
+    return last
+
+
+def quick_replies(session, vm):
+    """``session`` as a :class:`QuickReplies` (once) with ``vm``'s prompt."""
+    if isinstance(session, QuickReplies):
+        return session
+    return QuickReplies(session, _shell_prompt(vm))
