@@ -257,11 +257,9 @@ class SnapshotCycle:
         advanced = sum(self.steps_after_resume) - sum(self.steps_before)
         self.record.set("steps_during_save", advanced)
         with self.record.phase("source_check"):
-            status = self.workload.status()
-            self.record.set("latency_windows", status.get("windows"))
-            self.workload.freeze()
-            self.source_verify = self.workload.verify(self.cfg.verify_timeout_s)
-            self.workload.thaw()
+            frozen = self.workload.freeze_reply()
+            self.record.set("latency_windows", frozen.get("windows"))
+            self.source_verify = self.workload.verify(self.cfg.verify_timeout_s, thaw=True)
         self.record.set("source_verify", self.source_verify.summary())
 
     # -- 5 ------------------------------------------------------------------

@@ -177,8 +177,7 @@ def check_source_after(vm, workload: GuestWorkload, verify_timeout_s: float,
     if seen and still:
         raise Defect(still)
     workload.freeze()
-    result = workload.verify(verify_timeout_s)
-    workload.thaw()
+    result = workload.verify(verify_timeout_s, thaw=True)
     workload.mark(WINDOW_AFTER)
     figures["source_verify"] = result.summary()
     if not result.clean:

@@ -194,7 +194,8 @@ def ctl_command(cmd: str, arg: int | str | None = None, binary: str = DEFAULT_BI
     """Shell text of ``bgsnap-wl ctl [--socket S] CMD [ARG]``.
 
     ``mark`` takes a window number 0..3 (or ``before``/``during``/``after``);
-    the other commands take no argument.
+    ``verify`` may take ``thaw`` (the writers resume once it is done); the
+    other commands take no argument.
     """
     if cmd not in CTL_COMMANDS:
         raise ValueError(f"unknown ctl command {cmd!r}: expected one of {', '.join(CTL_COMMANDS)}")
@@ -208,6 +209,8 @@ def ctl_command(cmd: str, arg: int | str | None = None, binary: str = DEFAULT_BI
         if not _is_int(arg) or not 0 <= arg <= 3:
             raise ValueError(f"mark needs a window 0..3 (or before/during/after), got {arg!r}")
         argv.append(str(arg))
+    elif cmd == "verify" and arg == "thaw":
+        argv.append(arg)
     elif arg is not None:
         raise ValueError(f"ctl {cmd} takes no argument, got {arg!r}")
     return shlex.join(argv)

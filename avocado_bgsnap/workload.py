@@ -113,7 +113,12 @@ class GuestWorkload:
         return [int(s) for s in self.mark(window, timeout)["committed"]]
 
     def freeze(self) -> list[int]:
-        return [int(s) for s in self._ctl("freeze")["committed"]]
+        return [int(s) for s in self.freeze_reply()["committed"]]
+
+    def freeze_reply(self) -> dict:
+        """Freeze the writers; the reply has ``committed`` and the latency
+        ``windows`` as ``status`` gives them (one round trip for both)."""
+        return self._ctl("freeze")
 
     def thaw(self) -> None:
         self._ctl("thaw")
@@ -123,9 +128,11 @@ class GuestWorkload:
         needs ``dup_mib``); the reply: ``pages`` written, ``seconds``."""
         return self._ctl("dupwrite", timeout=timeout)
 
-    def verify(self, timeout: float) -> VerifyResult:
-        """Verify the frozen live region (the guest checks itself)."""
-        return VerifyResult.from_reply(self._ctl("verify", timeout=timeout))
+    def verify(self, timeout: float, thaw: bool = False) -> VerifyResult:
+        """Verify the frozen live region (the guest checks itself); with
+        ``thaw``, the writers resume right after it, in the same round trip."""
+        return VerifyResult.from_reply(self._ctl("verify", "thaw" if thaw else None,
+                                                 timeout=timeout))
 
     def status_pair(self, seconds: float) -> tuple[dict, dict]:
         """Two ``status`` replies about ``seconds`` apart (the host sleeps

@@ -808,6 +808,10 @@ def test_live_server_round_trip(wl, server, tmp_path):
     time.sleep(0.05)
     st = srv.ok("status")
     assert st["phase"] == "frozen" and st["committed"] == frozen["committed"]
+    # the freeze's reply carries the latency windows as status gives them
+    assert frozen["windows"] == st["windows"] and len(st["windows"]) == 4
+    with pytest.raises(wlproto.WorkloadProtocolError, match="thaw"):
+        srv.ok("verify", "later")
     result = wlproto.VerifyResult.from_reply(srv.ok("verify"))
     assert result.clean and list(result.committed) == frozen["committed"]
     assert [i.state for i in result.inflight] == ["old", "old"]
@@ -821,6 +825,13 @@ def test_live_server_round_trip(wl, server, tmp_path):
     assert reply["checksum"] == result.checksum
 
     assert srv.ok("thaw")["phase"] == "running"
+    time.sleep(0.05)
+    st = srv.ok("status")
+    assert st["phase"] == "running" and st["steps_total"] > frozen["steps_total"]
+    # verify thaw: verified frozen, running again after it
+    frozen = srv.ok("freeze")
+    result = wlproto.VerifyResult.from_reply(srv.ok("verify", "thaw"))
+    assert result.clean and list(result.committed) == frozen["committed"]
     time.sleep(0.05)
     st = srv.ok("status")
     assert st["phase"] == "running" and st["steps_total"] > frozen["steps_total"]

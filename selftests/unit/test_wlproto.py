@@ -79,6 +79,7 @@ def test_ctl_command_text():
     assert ctl_command("mark", "after") == "bgsnap-wl ctl mark 2"
     assert ctl_command("freeze", socket="/run/a b.sock") == \
         "bgsnap-wl ctl --socket '/run/a b.sock' freeze"
+    assert ctl_command("verify", "thaw") == "bgsnap-wl ctl verify thaw"
     for cmd in ("status", "freeze", "thaw", "verify", "quit"):
         assert REPLY_PREFIX not in ctl_command(cmd)
     for window in range(4):
@@ -86,7 +87,8 @@ def test_ctl_command_text():
 
 
 @pytest.mark.parametrize("cmd, arg", [("mark", None), ("mark", 4), ("mark", -1), ("mark", "1"),
-                                      ("mark", True), ("status", 1), ("reboot", None)])
+                                      ("mark", True), ("status", 1), ("reboot", None),
+                                      ("verify", "later"), ("thaw", "thaw")])
 def test_ctl_command_rejects(cmd, arg):
     with pytest.raises(ValueError):
         ctl_command(cmd, arg)

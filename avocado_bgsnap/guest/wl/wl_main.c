@@ -15,7 +15,7 @@ static const char usage[] =
     "  bgsnap-wl run --mib N --seed S --nonce X [--writers W] [--pattern P]\n"
     "                [--hot-pct H] [--rate MIBS] [--no-latency] [--socket PATH]\n"
     "                [--dup-mib N] [--tune] [--journal FILE [--journal-ms N]]\n"
-    "  bgsnap-wl ctl [--socket PATH] status|mark N|freeze|thaw|verify|dupwrite|quit\n"
+    "  bgsnap-wl ctl [--socket PATH] status|mark N|freeze|thaw|verify [thaw]|dupwrite|quit\n"
     "  bgsnap-wl verify-dump --dump FILE --seed S --nonce X [--mib N] [--writers W]\n"
     "                [--pattern P] [--hot-pct H] [--dup-mib N]\n"
     "  bgsnap-wl gen --out FILE --mib N --seed S --nonce X --writers W --pattern P\n"

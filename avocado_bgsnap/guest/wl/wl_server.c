@@ -384,6 +384,18 @@ static const char *phase_str(int ph)
     return ph >= 0 && ph < 4 ? n[ph] : "?";
 }
 
+/* "windows":[...]: every latency window, ``winsec`` its seconds */
+static void json_windows(struct server *S, struct sbuf *b, const double winsec[NWIN])
+{
+    sb_printf(b, "\"windows\":[");
+    for (int k = 0; k < NWIN; k++) {
+        if (k)
+            sb_printf(b, ",");
+        json_window(S, b, k, winsec[k]);
+    }
+    sb_printf(b, "]");
+}
+
 static void cmd_status(struct server *S, struct sbuf *b)
 {
     uint64_t filled = 0, now = wl_now_ns(), steps = 0;
@@ -422,14 +434,22 @@ static void cmd_status(struct server *S, struct sbuf *b)
               atomic_load(&S->dup_state));
     wl_journal_json(b);
     json_committed(S, b);
-    sb_printf(b, ",\"elapsed_s\":%.3f,\"mib_per_s\":%.1f,\"window\":%d,\"windows\":[", run_s,
+    sb_printf(b, ",\"elapsed_s\":%.3f,\"mib_per_s\":%.1f,\"window\":%d,", run_s,
               run_s > 0 ? (double)steps * WL_PAGE / MIB / run_s : 0.0, cur);
-    for (int k = 0; k < NWIN; k++) {
-        if (k)
-            sb_printf(b, ",");
-        json_window(S, b, k, winsec[k]);
-    }
-    sb_printf(b, "]}");
+    json_windows(S, b, winsec);
+    sb_printf(b, "}");
+}
+
+/* "windows":[...] of the latency windows as they stand now (freeze's reply) */
+static void json_windows_now(struct server *S, struct sbuf *b)
+{
+    double winsec[NWIN];
+    pthread_mutex_lock(&S->mu);
+    accrue(S, wl_now_ns());
+    for (int k = 0; k < NWIN; k++)
+        winsec[k] = (double)S->win_ns[k] / 1e9;
+    pthread_mutex_unlock(&S->mu);
+    json_windows(S, b, winsec);
 }
 
 static int do_freeze(struct server *S, const char **err)
@@ -537,6 +557,8 @@ static int handle(struct server *S, char *line, struct sbuf *b)
         else {
             sb_printf(b, "{\"ok\":true,\"cmd\":\"freeze\",\"phase\":\"frozen\",");
             json_committed(S, b);
+            sb_printf(b, ",");
+            json_windows_now(S, b);   /* what status would have said: one round trip less */
             sb_printf(b, "}");
         }
     } else if (strcmp(cmd, "thaw") == 0) {
@@ -553,10 +575,14 @@ static int handle(struct server *S, char *line, struct sbuf *b)
         pthread_mutex_lock(&S->mu);
         err = S->phase == WL_PHASE_FROZEN ? NULL : "verify needs the writers frozen: send freeze first";
         pthread_mutex_unlock(&S->mu);
+        if (!err && arg && strcmp(arg, "thaw") != 0)
+            err = "verify takes no argument but thaw";
         if (err)
             reply_error(b, cmd, err);
         else if (live_verify(S, b, "verify") < 0)
             reply_error(b, cmd, "out of memory");
+        if (!err && arg)   /* verify thaw: the writers resume once it is done */
+            do_thaw(S);
     } else if (strcmp(cmd, "dupwrite") == 0) {
         if (!S->dup) {
             reply_error(b, cmd, "no duplicate region (run --dup-mib N)");
@@ -578,7 +604,7 @@ static int handle(struct server *S, char *line, struct sbuf *b)
         sb_printf(b, "}");
         return 1;
     } else {
-        reply_error(b, cmd, "unknown command (status|mark N|freeze|thaw|verify|dupwrite|quit)");
+        reply_error(b, cmd, "unknown command (status|mark N|freeze|thaw|verify [thaw]|dupwrite|quit)");
     }
     return 0;
 }
