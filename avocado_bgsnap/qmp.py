@@ -154,7 +154,7 @@ class SnapshotQMP:
     def query_migrate(self) -> dict:
         return self._cmd("query-migrate", debug=False)  # polled: keep the log readable
 
-    def wait_migration(self, timeout: float, poll_s: float = 0.1,
+    def wait_migration(self, timeout: float, poll_s: float = 0.05,
                        progress: Callable[[dict], None] | None = None,
                        progress_every_s: float = 2.0) -> dict:
         """Poll query-migrate until a final state; return the final reply.
