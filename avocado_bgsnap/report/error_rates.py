@@ -20,7 +20,8 @@ is applied, as ``avocado bgsnap report`` does.  Pure: points in, rates out.
 from __future__ import annotations
 
 import random
-from dataclasses import asdict, dataclass
+from collections import Counter
+from dataclasses import asdict, dataclass, field
 from typing import Iterable, Sequence
 
 from . import collect, stats
@@ -97,6 +98,8 @@ class Rates:
     reports_with_false_flag: float  # trials with at least one flag, A/A
     power: dict[str, float]         # shift ("20 %") -> fraction of trials the shifted row was found
     min_effect: float = stats.DEFAULT_MIN_EFFECT  # the effect floor of the verdict
+    # figure key -> shift -> fraction found, of the trials that shifted a row of that figure
+    power_by_figure: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -121,17 +124,23 @@ def measure(pool_list: Sequence[Pool], reps: int, rows: int | None = None,
         hits = sum(v.flagged for v in verdicts)
         flagged += hits
         with_flag += hits > 0
-    power = {}
+    power: dict[str, float] = {}
+    by_figure: dict[str, dict[str, float]] = {}
     for shift in shifts:
-        found = 0
+        label = f"{shift * 100:.0f} %"
+        tried, found = Counter(), Counter()
         for trial in range(trials):
             target = trial % rows
+            key = pool_list[target % len(pool_list)].figure.key
             verdicts = _trial(pool_list, rows, reps, rng, target, shift, control,
                               min_effect, alpha)
-            found += verdicts[target].verdict == stats.REGRESSION
-        power[f"{shift * 100:.0f} %"] = found / trials
+            tried[key] += 1
+            found[key] += verdicts[target].verdict == stats.REGRESSION
+        power[label] = sum(found.values()) / trials
+        for key in tried:
+            by_figure.setdefault(key, {})[label] = found[key] / tried[key]
     return Rates(reps, rows, control, trials, flagged / (trials * rows), with_flag / trials,
-                 power, min_effect)
+                 power, min_effect, by_figure)
 
 
 def render(pool_list: Sequence[Pool], results: Sequence[Rates]) -> str:
@@ -145,4 +154,10 @@ def render(pool_list: Sequence[Pool], results: Sequence[Rates]) -> str:
                      f"{'BH' if r.control else 'none':7s}  "
                      f"{r.false_flag_rate * 100:14.2f} %  {r.reports_with_false_flag * 100:18.1f} %  "
                      + "  ".join(f"{r.power[s] * 100:8.1f} %" for s in shifts))
+    lines.append("found, per figure of the shifted row:")
+    for r in results:
+        lines.append(f"{r.min_effect * 100:4.0f}%  {r.reps:4d}  {'BH' if r.control else 'none':4s}  "
+                     + "; ".join(f"{key} " + " ".join(f"{s} {v * 100:.0f}%" for s, v in
+                                                     found.items())
+                                 for key, found in r.power_by_figure.items()))
     return "\n".join(lines)

@@ -65,3 +65,19 @@ def test_a_floor_at_the_shift_caps_its_power_and_a_lower_one_lifts_it():
     assert at.power["20 %"] < 0.8 <= below.power["20 %"]
     assert (at.min_effect, below.min_effect) == (0.2, 0.1)
     assert below.false_flag_rate == 0
+
+
+def test_power_is_given_per_figure_of_the_shifted_row():
+    """A quiet figure's shift is found, a noisy one's is not: the report-wide
+    power averages them, the per-figure split tells them apart."""
+    rng = random.Random(11)
+    quiet = _pool([rng.lognormvariate(0, 0.05) for _ in range(40)], figures.TOTAL)
+    noisy = _pool([rng.lognormvariate(0, 1.5) for _ in range(40)], figures.STALL_MAX)
+    rates = error_rates.measure([quiet, noisy], reps=8, rows=4, trials=80, shifts=(0.5,),
+                                min_effect=0.1)
+    split = rates.power_by_figure
+    assert set(split) == {quiet.figure.key, noisy.figure.key}
+    assert split[quiet.figure.key]["50 %"] >= 0.95 > 0.5 > split[noisy.figure.key]["50 %"]
+    assert rates.power["50 %"] == pytest.approx(
+        (split[quiet.figure.key]["50 %"] + split[noisy.figure.key]["50 %"]) / 2)
+    assert "found, per figure" in error_rates.render([quiet, noisy], [rates])
