@@ -8,7 +8,6 @@ every session, file and second QEMU it creates and releases them in
 
 import contextlib
 import dataclasses
-import struct
 import time
 from pathlib import Path
 from typing import Callable
@@ -265,7 +264,7 @@ class SnapshotCycle:
     # -- 5 ------------------------------------------------------------------
     def damage_snapshot(self) -> None:
         """Negative control: flip one byte inside a workload page's body."""
-        needle = struct.pack("<QQ", verifier.PAGE_MAGIC, self.cfg.workload.nonce ^ 0)
+        needle = verifier.page_header(self.cfg.workload.nonce)
         if not self.internal and self.cfg.transport.suffix != ".bin":
             raise CycleError(f"damage_file needs an uncompressed image, not "
                              f"{self.cfg.transport.name}")

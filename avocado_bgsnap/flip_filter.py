@@ -12,23 +12,17 @@ address got the flip instead of a workload page, so the damaged snapshot
 passed verification.
 """
 
-import struct
 import sys
 
-from avocado_bgsnap.verifier import PAGE_MAGIC
+from avocado_bgsnap.verifier import page_header
 
 OFFSET = 512
 CHUNK = 1 << 20
 
 
-def needle(nonce: int) -> bytes:
-    """The first 16 bytes of page 0 of the workload with this nonce."""
-    return struct.pack("<QQ", PAGE_MAGIC, nonce ^ 0)
-
-
 def flip_stream(src, dst, nonce: int) -> int | None:
     """Return the stream offset flipped, or None if page 0 was not seen."""
-    mark = needle(nonce)
+    mark = page_header(nonce)
     pending = b""          # bytes not written yet
     base = 0               # stream offset of pending[0]
     flipped = None

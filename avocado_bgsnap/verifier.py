@@ -5,6 +5,7 @@ ELF dump that QEMU wrote of the paused restored guest: the exact memory the
 snapshot restored, before the restored guest ran a single instruction.
 """
 
+import struct
 import subprocess
 from pathlib import Path
 
@@ -14,6 +15,12 @@ from .wlproto import VerifyResult, WorkloadProtocolError, WorkloadSpec
 # nonce ^ page index.  A unit test keeps the two in step.
 PAGE_MAGIC = 0x3147504C57534742
 EXIT_CLEAN, EXIT_BAD, EXIT_ERROR = 0, 1, 2
+
+
+def page_header(nonce: int, page: int = 0) -> bytes:
+    """The first 16 bytes of workload page ``page`` (what a negative
+    control searches an image or a stream for)."""
+    return struct.pack("<QQ", PAGE_MAGIC, nonce ^ page)
 
 
 class VerifierError(Exception):

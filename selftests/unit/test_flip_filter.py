@@ -67,3 +67,13 @@ def test_page_magic_matches_the_c_header():
     from avocado_bgsnap.paths import PACKAGE_DIR
     header = (PACKAGE_DIR / "guest" / "wl" / "wl_core.h").read_text()
     assert "wl_magic_page 0x%xull" % PAGE_MAGIC in header.lower()
+
+
+def test_page_header_is_magic_then_nonce_xor_page():
+    """The one definition of a page's header, used by both negative controls
+    (a stream in transit and a file on disk)."""
+    from avocado_bgsnap.verifier import page_header
+
+    assert page_header(0x1234) == struct.pack("<QQ", PAGE_MAGIC, 0x1234)
+    assert page_header(0x1234, 5) == struct.pack("<QQ", PAGE_MAGIC, 0x1234 ^ 5)
+    assert page_header(0x1234, 5) != page_header(0x1234)
