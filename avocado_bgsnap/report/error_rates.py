@@ -4,7 +4,8 @@ often does it find one that is?  Measured on real runs, by resampling.
 A *pool* is the values of one compared figure over the runs of one measured
 point (QEMU build, mode, guest RAM) of real jobs: runs of the same thing, so
 any two sets drawn from it are an A/A.  One trial is one simulated report
-of ``rows`` comparisons (row i draws from pool i mod the number of pools):
+of ``rows`` comparisons (the pools in turn, every pool used when there
+are more pools than rows: :func:`report_rows`):
 
 * **A/A**: A and B are drawn from the pool -- without replacement while the
   pool holds 2 x reps values, else with replacement -- and compared with
@@ -74,12 +75,18 @@ def _shifted(values: list[float], shift: float, higher_is_worse: bool) -> list[f
     return [v * factor if higher_is_worse else v / factor for v in values]
 
 
-def _trial(pool_list: Sequence[Pool], rows: int, reps: int, rng: random.Random,
+def report_rows(pool_list: Sequence[Pool], rows: int, first: int) -> list[Pool]:
+    """The pools of one simulated report's ``rows`` rows: the pools in
+    turn from pool ``first`` (mod their number).  Trials move ``first`` on,
+    so that every pool takes part when there are more pools than rows."""
+    return [pool_list[(first + row) % len(pool_list)] for row in range(rows)]
+
+
+def _trial(row_pools: Sequence[Pool], reps: int, rng: random.Random,
            target: int | None, shift: float, control: bool,
            min_effect: float, alpha: float) -> list[stats.Verdict]:
     verdicts = []
-    for row in range(rows):
-        pool = pool_list[row % len(pool_list)]
+    for row, pool in enumerate(row_pools):
         a, b = _draw(pool, reps, rng)
         if row == target:
             b = _shifted(b, shift, pool.figure.higher_is_worse)
@@ -119,8 +126,9 @@ def measure(pool_list: Sequence[Pool], reps: int, rows: int | None = None,
     rows = rows or len(pool_list)
     rng = random.Random(seed)
     flagged = with_flag = 0
-    for _ in range(trials):
-        verdicts = _trial(pool_list, rows, reps, rng, None, 0.0, control, min_effect, alpha)
+    for trial in range(trials):
+        verdicts = _trial(report_rows(pool_list, rows, trial * rows), reps, rng, None, 0.0, control,
+                          min_effect, alpha)
         hits = sum(v.flagged for v in verdicts)
         flagged += hits
         with_flag += hits > 0
@@ -130,10 +138,11 @@ def measure(pool_list: Sequence[Pool], reps: int, rows: int | None = None,
         label = f"{shift * 100:.0f} %"
         tried, found = Counter(), Counter()
         for trial in range(trials):
+            # the shifted row's pool: every pool in turn (pool ``trial`` mod their number)
             target = trial % rows
-            key = pool_list[target % len(pool_list)].figure.key
-            verdicts = _trial(pool_list, rows, reps, rng, target, shift, control,
-                              min_effect, alpha)
+            row_pools = report_rows(pool_list, rows, trial - target)
+            key = row_pools[target].figure.key
+            verdicts = _trial(row_pools, reps, rng, target, shift, control, min_effect, alpha)
             tried[key] += 1
             found[key] += verdicts[target].verdict == stats.REGRESSION
         power[label] = sum(found.values()) / trials

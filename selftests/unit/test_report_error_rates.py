@@ -81,3 +81,16 @@ def test_power_is_given_per_figure_of_the_shifted_row():
     assert rates.power["50 %"] == pytest.approx(
         (split[quiet.figure.key]["50 %"] + split[noisy.figure.key]["50 %"]) / 2)
     assert "found, per figure" in error_rates.render([quiet, noisy], [rates])
+
+
+def test_every_pool_takes_part_when_there_are_more_pools_than_rows():
+    """8 pools, reports of 4 rows: the last 4 pools (another figure) are drawn
+    too, in the A/A rows and as the shifted row (they were never used when
+    row i always drew from pool i)."""
+    rng = random.Random(13)
+    pools = [_pool([rng.lognormvariate(0, 0.05) for _ in range(20)],
+                   figures.PAUSE if i < 4 else figures.TOTAL) for i in range(8)]
+    used = {id(p) for t in range(2) for p in error_rates.report_rows(pools, 4, t * 4)}
+    assert used == {id(p) for p in pools}
+    rates = error_rates.measure(pools, reps=8, rows=4, trials=16, shifts=(0.5,), min_effect=0.1)
+    assert set(rates.power_by_figure) == {figures.PAUSE.key, figures.TOTAL.key}
