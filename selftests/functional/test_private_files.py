@@ -4,7 +4,8 @@ only (0600), kept only when asked, and nothing else is left behind.
 Saves kept with ``bgsnap_keep_snapshot=yes``, under umask 022 (which made an
 ``exec:cat > FILE`` snapshot 0644): an ``exec:cat`` snapshot, a gzip one and
 an internal snapshot's qcow2 (qemu-img) in one job (~1.5 min under TCG);
-a ``file:`` one that QEMU opens itself on a registered QEMU 8.2+ build.
+a ``file:`` one that QEMU opens itself, on the system QEMU when it is 8.2+
+(Debian 13), else on a registered 8.2+ build.
 """
 
 import os
@@ -17,6 +18,7 @@ import pytest
 from jobs import pytestmark, run_job  # noqa: F401
 
 from avocado_bgsnap import qemu_builds
+from avocado_bgsnap.host.qemu import probe_qemu
 
 KEPT = {  # test -> the kept file's name
     "bgsnap.basic.small": "bgsnap-snapshot.bin",
@@ -28,12 +30,19 @@ FILE_URI = "bgsnap.transport.file_uri.small"
 NEVER_LEFT = ("*.partial", "bgsnap-restored-ram.elf")
 
 
-def _file_uri_qemu() -> str | None:
-    """The wrapper of a registered build with the file: URI (QEMU 8.2+)."""
+FILE_URI_QEMU = (8, 2, 0)
+
+
+def _file_uri_params() -> list[str] | None:
+    """The job's params for a QEMU with the file: URI (8.2+): none for the
+    system QEMU when it has it, else a registered build's wrapper; None
+    when there is no such QEMU."""
+    if probe_qemu().version >= FILE_URI_QEMU:
+        return []
     for build in qemu_builds.load_builds():
         found = re.match(r"(\d+)\.(\d+)\.(\d+)", build.version_text)
-        if found and tuple(map(int, found.groups())) >= (8, 2, 0):
-            return str(qemu_builds.wrapper_path(build.name))
+        if found and tuple(map(int, found.groups())) >= FILE_URI_QEMU:
+            return [f"qemu_binary={qemu_builds.wrapper_path(build.name)}"]
     return None
 
 
@@ -66,9 +75,10 @@ def test_kept_snapshots_are_private(tmp_path):
 
 
 def test_file_uri_snapshot_is_private(tmp_path):
-    qemu = _file_uri_qemu()
-    if qemu is None:
-        pytest.skip("no QEMU 8.2+ build registered (the file: URI): avocado bgsnap qemu-add")
-    data = _kept_job(tmp_path, [FILE_URI], extra=[f"qemu_binary={qemu}"])
+    params = _file_uri_params()
+    if params is None:
+        pytest.skip("the system QEMU is older than 8.2 and no 8.2+ build is registered "
+                    "(the file: URI): avocado bgsnap qemu-add")
+    data = _kept_job(tmp_path, [FILE_URI], extra=params)
     (test,) = data["tests"]
     _assert_kept_private(test, "bgsnap-snapshot.bin")
