@@ -7,6 +7,7 @@ fixed upstream, delete the function and its one caller.
 import contextlib
 import functools
 import os
+import re
 import shlex
 import signal
 import stat
@@ -836,10 +837,15 @@ def no_sniffer_without_nics(utils_env=None) -> None:
 # after a '#' or '$' is cut there, because the guests' prompt pattern
 # (^.*[\#\$]\s*$) matches "#" and "#WL#", the start of every workload reply:
 # on a real aexpect shell, ``printf '#'; sleep 0.2; printf 'WL# {}'`` returns ''
-# and the rest lands in the next command's output.  quick_replies() wraps a
-# logged-in session: its cmd_output() looks after REPLY_QUIET_S of quiet and
-# never takes (the start of) a workload reply for the prompt; every other
-# method is the session's own.  Applied by the logins of workaround 5.  Remove
+# and the rest lands in the next command's output.  The same holds for the
+# command's own echo: busybox ash's line editor wraps a long command at 80
+# columns, and a wrapped line that starts with '$' (``... [ -w`` / ``$x ];``)
+# is a prompt to that pattern; with a short quiet, a read that ends right
+# after that '$' ended the command before it ran (seen once in 96 tests: the
+# workload lookup answered with its own echo).  quick_replies() wraps a
+# logged-in session: its cmd_output() looks after REPLY_QUIET_S of quiet, and
+# takes no prompt while the command's echo is still arriving or from (the
+# start of) a workload reply; every other method is the session's own.  Applied by the logins of workaround 5.  Remove
 # when aexpect's reads take a prompt only at the end of a quiet console.
 REPLY_QUIET_S = 0.01
 
@@ -866,7 +872,7 @@ class QuickReplies:
         self.session.sendline(cmd)
         try:
             _, out = self.session.read_until_output_matches(
-                [self.prompt], prompt_candidate, timeout, self.quiet_s)
+                [self.prompt], lambda text: prompt_candidate(text, cmd), timeout, self.quiet_s)
         except aexpect.ExpectTimeoutError as exc:
             raise aexpect.ShellTimeoutError(
                 cmd, ShellSession.remove_command_echo(exc.output, cmd)) from exc
@@ -878,17 +884,34 @@ class QuickReplies:
         return ShellSession.remove_last_nonempty_line(ShellSession.remove_command_echo(out, cmd))
 
 
-def prompt_candidate(text: str) -> str:
-    """The last non-empty line of ``text``, or '' when it is (the start
-    of) a workload reply line: that is never the shell's prompt."""
+def prompt_candidate(text: str, cmd: str = "") -> str:
+    """The last non-empty line of ``text``, or '' when it cannot be the
+    shell's prompt: ``text`` is still (a part of) the echo of ``cmd``, or
+    the line is (the start of) a workload reply."""
     from .wlproto import REPLY_PREFIX
 
+    if cmd and echo_pending(text, cmd):
+        return ""
     lines = [line for line in text.splitlines() if line.strip()]
     last = lines[-1] if lines else ""
     head = last.lstrip()
     if head.startswith(REPLY_PREFIX) or REPLY_PREFIX.startswith(head):
         return ""
     return last
+
+
+_TERMINAL_ESCAPE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+_BLANKS = re.compile(r"\s+")
+
+
+def echo_pending(text: str, cmd: str) -> bool:
+    """True while ``text`` (what came back since ``cmd`` was sent) is
+    a beginning of ``cmd``'s echo: the same characters, however the
+    terminal wrapped them (line breaks, blanks and escape sequences
+    aside).  Output that is not an echo at all (a shell that does not
+    echo) is never pending."""
+    seen = _BLANKS.sub("", _TERMINAL_ESCAPE.sub("", text))
+    return _BLANKS.sub("", cmd).startswith(seen)
 
 
 def quick_replies(session, vm):

@@ -1,6 +1,7 @@
 """The probe-stall wrapper: '-e ' dropped for stdio probes only, argv intact."""
 
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -508,3 +509,57 @@ def test_prompt_candidate_skips_workload_replies():
     vm = _vm(None)
     wrapped = vt_compat.quick_replies("session", vm)
     assert vt_compat.quick_replies(wrapped, vm) is wrapped
+
+
+LOOKUP = "d=; for x in /run /tmp; do if [ -d $x ] && [ -w $x ]; then d=$x; break; fi; done; echo $d"
+
+
+def test_no_prompt_while_the_echo_is_arriving():
+    """busybox ash wraps a long command's echo at 80 columns; a wrapped line
+    starting with '$' matches the guests' prompt pattern.  Without the
+    command (the negative control) that '$' is taken for the prompt."""
+    wrapped = "d=; for x in /run /tmp; do if [ -d $x ] && [ -w\r\n$"
+    assert vt_compat.prompt_candidate(wrapped) == "$"
+    assert vt_compat.prompt_candidate(wrapped, LOOKUP) == ""
+    assert vt_compat.prompt_candidate("\x1b[6n" + wrapped, LOOKUP) == ""
+    done = LOOKUP[:40] + "\r\n" + LOOKUP[40:] + "\r\n/run\r\nbgsnap-guest# "
+    assert vt_compat.prompt_candidate(done, LOOKUP) == "bgsnap-guest# "
+    # a shell that does not echo: its output is never taken for an echo
+    assert not vt_compat.echo_pending("/run\r\nbgsnap-guest# ", LOOKUP)
+    assert vt_compat.echo_pending("", LOOKUP)
+
+
+# a shell whose echo stops for 0.3 s right after a wrapped line's '$'
+WRAPPING_SHELL = r"""
+import sys, time
+out = sys.stdout
+out.write("tst# "); out.flush()
+for line in sys.stdin:
+    cmd = line.rstrip("\n")
+    cut = cmd.index(" $", 30) + 1
+    out.write(cmd[:cut] + "\r\n" + cmd[cut]); out.flush()
+    time.sleep(0.3)
+    out.write(cmd[cut + 1:] + "\r\n"); out.flush()
+    out.write("ran\r\ntst# "); out.flush()
+"""
+
+
+def test_quick_replies_wait_for_a_wrapped_echo(tmp_path):
+    """On a real aexpect session: the wrapped echo's '$' is not the prompt
+    with the wrapper (the negative control: plain matching on the same
+    text stops there)."""
+    import aexpect
+
+    script = tmp_path / "wrapping_shell.py"
+    script.write_text(WRAPPING_SHELL)
+    session = aexpect.ShellSession(f"{sys.executable} -u {script}", prompt=r"^.*[\#\$]\s*$")
+    try:
+        session.read_up_to_prompt(timeout=10)
+        quick = vt_compat.QuickReplies(session, r"^.*[\#\$]\s*$")
+        assert quick.cmd_output(LOOKUP, timeout=10).splitlines()[-1].strip() == "ran"
+        session.sendline(LOOKUP)
+        _, cut = session.read_until_output_matches([r"^.*[\#\$]\s*$"], vt_compat.prompt_candidate,
+                                                   10, 0.01)
+        assert "ran" not in cut
+    finally:
+        session.close()
