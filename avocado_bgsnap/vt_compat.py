@@ -205,8 +205,6 @@ MARKER_NOT_READY = "bgsnap-init: ERROR"
 
 
 def marked_login(vm, marker: str, timeout: float, attempt_s: float = 2.0):
-    import re
-
     import aexpect
     from virttest import vt_console
 

@@ -384,6 +384,13 @@ static const char *phase_str(int ph)
     return ph >= 0 && ph < 4 ? n[ph] : "?";
 }
 
+/* each latency window's seconds so far; the caller holds S->mu and has accrued */
+static void window_seconds(struct server *S, double winsec[NWIN])
+{
+    for (int k = 0; k < NWIN; k++)
+        winsec[k] = (double)S->win_ns[k] / 1e9;
+}
+
 /* "windows":[...]: every latency window, ``winsec`` its seconds */
 static void json_windows(struct server *S, struct sbuf *b, const double winsec[NWIN])
 {
@@ -410,8 +417,7 @@ static void cmd_status(struct server *S, struct sbuf *b)
     phase = S->phase;
     fill_s = (double)((S->t_fill_end ? S->t_fill_end : now) - S->t_fill_start) / 1e9;
     run_s = (double)S->run_ns / 1e9;
-    for (int k = 0; k < NWIN; k++)
-        winsec[k] = (double)S->win_ns[k] / 1e9;
+    window_seconds(S, winsec);
     pthread_mutex_unlock(&S->mu);
 
     sb_printf(b, "{\"ok\":true,\"cmd\":\"status\",\"phase\":\"%s\",\"npages\":%llu,"
@@ -446,8 +452,7 @@ static void json_windows_now(struct server *S, struct sbuf *b)
     double winsec[NWIN];
     pthread_mutex_lock(&S->mu);
     accrue(S, wl_now_ns());
-    for (int k = 0; k < NWIN; k++)
-        winsec[k] = (double)S->win_ns[k] / 1e9;
+    window_seconds(S, winsec);
     pthread_mutex_unlock(&S->mu);
     json_windows(S, b, winsec);
 }
